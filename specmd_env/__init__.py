@@ -9,3 +9,9 @@ __all__ = [
     "HardwareProfile", "ModelSpec", "SpecMDError", "Trace", "TraceFormatError", "capacity_slots",
     "get_model", "get_profile", "list_models", "list_profiles", "load_trace", "save_trace",
 ]
+
+from specmd_env.replay import Replay  # noqa: E402
+from specmd_env.result import Result  # noqa: E402
+from specmd_env.simulate import simulate  # noqa: E402
+
+__all__ += ["Replay", "Result", "simulate"]

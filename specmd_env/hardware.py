@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+import numpy as np
+
 from specmd_env.errors import SpecMDError
 from specmd_env.models import ModelSpec
 
@@ -44,23 +46,24 @@ class HardwareProfile:
         """One host-to-GPU copy: fixed latency plus bytes over the link bandwidth."""
         return self.transfer_latency_us * 1e-6 + nbytes / (self.h2d_bandwidth_gbps * 1e9)
 
-    def roofline_seconds(self, flops: float, nbytes: float) -> float:
-        """A kernel is bound by either its arithmetic or its memory traffic, whichever is slower."""
-        return max(flops / (self.bf16_tflops * 1e12), nbytes / (self.gpu_mem_bandwidth_gbps * 1e9))
+    def roofline_seconds(self, flops, nbytes):
+        """A kernel is bound by either its arithmetic or its memory traffic, whichever is slower.
+        Works elementwise on numpy arrays."""
+        return np.maximum(flops / (self.bf16_tflops * 1e12), nbytes / (self.gpu_mem_bandwidth_gbps * 1e9))
 
     def expert_seconds(self, model: ModelSpec, num_tokens: int) -> float:
         """One routed expert applied to ``num_tokens`` tokens (weights read once, 2 FLOPs per MAC)."""
         return self.roofline_seconds(2.0 * model.expert_params * num_tokens, model.expert_bytes)
 
-    def dense_seconds(self, model: ModelSpec, num_tokens: int, context: int) -> float:
-        """A layer's non-routed part: attention projections, attention over ``context`` keys,
-        shared experts, plus the fixed per-layer overhead."""
+    def dense_seconds(self, model: ModelSpec, num_tokens, attended_pairs, kv_tokens):
+        """A layer's non-routed part for one forward pass: attention projections and shared experts on
+        ``num_tokens`` tokens, attention over ``attended_pairs`` (query, key) pairs reading
+        ``kv_tokens`` cached keys and values, plus the fixed per-layer overhead. Elementwise on arrays."""
         params = model.attention_params_per_layer + 3 * model.hidden_size * model.shared_intermediate_size \
             * model.num_shared_experts
-        flops = 2.0 * params * num_tokens + 4.0 * num_tokens * context * model.num_attention_heads * model.head_dim
-        kv_bytes = 2.0 * context * model.num_kv_heads * model.head_dim * 2
-        weight_bytes = params * 2.0
-        return self.layer_overhead_us * 1e-6 + self.roofline_seconds(flops, weight_bytes + kv_bytes)
+        flops = 2.0 * params * num_tokens + 4.0 * attended_pairs * model.num_attention_heads * model.head_dim
+        kv_bytes = 2.0 * kv_tokens * model.num_kv_heads * model.head_dim * 2
+        return self.layer_overhead_us * 1e-6 + self.roofline_seconds(flops, params * 2.0 + kv_bytes)
 
 
 @cache

@@ -1,0 +1,86 @@
+"""What a replay measured, in one flat record (attributes and ``as_dict()``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    """Metrics of one replay. Counts are over layer-event accesses (one per expert a layer event needs;
+    ``token_*`` weight each by the tokens routed to it).
+
+    hits + misses = accesses; misses = compulsory + capacity + collision misses. A *late prefetch
+    miss* is a miss whose expert was already in flight (no new transfer). prefetches_issued =
+    used + wasted + still resident at the end.
+    """
+
+    eviction: str
+    prefetch: str
+    model: str
+    hardware: str
+    capacity_slots: int
+    accesses: int
+    hits: int
+    misses: int
+    compulsory_misses: int
+    capacity_misses: int
+    collision_misses: int
+    late_prefetch_misses: int
+    prefetches_issued: int
+    prefetches_used: int
+    prefetches_wasted: int
+    prefetches_skipped: int
+    prefetches_resident_at_end: int
+    transfers: int
+    bypassed: int
+    bytes_moved: int
+    stall_seconds: float
+    dropped_experts: int
+    evictions: int
+    decisions: int
+    token_accesses: int
+    token_hits: int
+    total_seconds: float
+    prompt_tokens: int
+    output_tokens: int
+    ttft_seconds: np.ndarray = field(repr=False)     # per request: its batch group's start to its first token
+    tpot_seconds: np.ndarray = field(repr=False)     # per request: mean time per output token (NaN if none)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.accesses if self.accesses else float("nan")
+
+    @property
+    def token_hit_rate(self) -> float:
+        """Hits weighted by the tokens routed to the expert: in a prefill, an expert that 200 tokens use
+        counts 200 times. Papers that quote per-token hit rates mean this one."""
+        return self.token_hits / self.token_accesses if self.token_accesses else float("nan")
+
+    @property
+    def mean_ttft_seconds(self) -> float:
+        return float(np.mean(self.ttft_seconds)) if len(self.ttft_seconds) else float("nan")
+
+    @property
+    def mean_tpot_seconds(self) -> float:
+        valid = self.tpot_seconds[~np.isnan(self.tpot_seconds)]
+        return float(np.mean(valid)) if len(valid) else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        """All tokens processed (prompt and output) per second of replayed time."""
+        return (self.prompt_tokens + self.output_tokens) / self.total_seconds if self.total_seconds else float("nan")
+
+    @property
+    def output_tokens_per_second(self) -> float:
+        return self.output_tokens / self.total_seconds if self.total_seconds else float("nan")
+
+    def as_dict(self) -> dict:
+        """Scalars only (per-request arrays summarised by their means), ready for a table row."""
+        row = {k: v for k, v in asdict(self).items() if not isinstance(v, np.ndarray)}
+        row.update(hit_rate=self.hit_rate, token_hit_rate=self.token_hit_rate, mean_ttft_seconds=self.mean_ttft_seconds,
+                   mean_tpot_seconds=self.mean_tpot_seconds, tokens_per_second=self.tokens_per_second,
+                   output_tokens_per_second=self.output_tokens_per_second)
+        return row

@@ -1,0 +1,200 @@
+"""From a trace to the kernel's schedule: forward passes, then layer events, in replay order.
+
+A *forward pass* is the prefill of one request's prompt or one decode step of a batch of requests.
+With batch size B, requests are served in groups of B (static batching): each request's prompt is
+prefilled in turn, then the group decodes together, one token per still-active request per step, until
+its longest request ends; the next group starts after that. Each pass has one *layer event* per MoE
+layer, needing the union of its tokens' experts with the number of tokens routed to each (in order of first appearance: token order, then gate rank).
+
+The schedule is built in chunks of passes so that traces of millions of tokens replay in bounded
+memory; all arrays are flat (CSR) so the compiled kernel can walk them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from specmd_env.hardware import HardwareProfile
+from specmd_env.models import ModelSpec
+from specmd_env.trace import Trace
+
+PREFILL, DECODE = 0, 1
+CHUNK_TOKENS = 1 << 14  # tokens per schedule chunk; bounds memory, not results (except Belady's horizon)
+CHUNK_PASSES = 1 << 13
+
+
+@dataclass
+class PassPlan:
+    """Which tokens each forward pass processes, and which passes serve which request."""
+
+    pass_ptr: np.ndarray        # [P+1] into pass_tok
+    pass_tok: np.ndarray        # token rows of the trace, pass by pass
+    pass_kind: np.ndarray       # PREFILL or DECODE
+    pass_attended: np.ndarray   # (query, key) pairs attention computes in the pass
+    request_ids: np.ndarray     # trace request index of each replayed request
+    group_first_pass: np.ndarray  # per replayed request: first pass of its batch group
+    prefill_pass: np.ndarray    # per replayed request: its prefill pass
+    last_pass: np.ndarray       # per replayed request: its last decode pass (= prefill_pass if none)
+    decode_tokens: np.ndarray   # per replayed request: tokens it decoded
+
+    @property
+    def num_passes(self) -> int:
+        return len(self.pass_kind)
+
+    def chunks(self):
+        """Pass ranges [p0, p1) of bounded size (at least one pass each)."""
+        p0, n = 0, self.num_passes
+        while p0 < n:
+            limit = np.searchsorted(self.pass_ptr, self.pass_ptr[p0] + CHUNK_TOKENS, side="right") - 1
+            p1 = min(max(p0 + 1, limit), p0 + CHUNK_PASSES, n)
+            yield p0, p1
+            p0 = p1
+
+
+def plan_passes(trace: Trace, batch_size: int = 1, requests=None) -> PassPlan:
+    requests = np.arange(trace.num_requests) if requests is None else np.asarray(requests, np.int64)
+    offsets, prompts = np.asarray(trace.request_offsets), np.asarray(trace.prompt_lengths)
+    ptr, toks, kinds, attended = [0], [], [], []
+    group_first, prefill, last, ndecode = [], [], [], []
+
+    def add_pass(tokens: np.ndarray, kind: int, positions: np.ndarray) -> int:
+        toks.append(tokens)
+        ptr.append(ptr[-1] + len(tokens))
+        kinds.append(kind)
+        attended.append(int(positions.sum()) + len(positions))  # causal: token at position i sees i+1 keys
+        return len(kinds) - 1
+
+    for g in range(0, len(requests), batch_size):
+        group = requests[g:g + batch_size]
+        first = len(kinds)
+        for r in group:
+            start, plen = int(offsets[r]), int(prompts[r])
+            prefill.append(add_pass(np.arange(start, start + plen), PREFILL, np.arange(plen)))
+            group_first.append(first)
+        gen = offsets[group + 1] - offsets[group] - prompts[group]
+        steps = int(gen.max()) if len(gen) else 0
+        if len(group) == 1 and steps:  # the common single-request decode, vectorised
+            start = int(offsets[group[0]] + prompts[group[0]])
+            rows = np.arange(start, start + steps)
+            kinds.extend([DECODE] * steps)
+            toks.append(rows)
+            ptr.extend(ptr[-1] + np.arange(1, steps + 1))
+            attended.extend((prompts[group[0]] + np.arange(steps) + 1).tolist())
+            last.append(len(kinds) - 1)
+        else:
+            last_of = [prefill[-len(group) + i] for i in range(len(group))]
+            for s in range(steps):
+                active = np.flatnonzero(gen > s)
+                p = add_pass(offsets[group[active]] + prompts[group[active]] + s, DECODE, prompts[group[active]] + s)
+                for i in active:
+                    last_of[i] = p
+            last.extend(last_of)
+        ndecode.extend(gen.tolist())
+    return PassPlan(pass_ptr=np.asarray(ptr, np.int64),
+                    pass_tok=np.concatenate(toks).astype(np.int64) if toks else np.zeros(0, np.int64),
+                    pass_kind=np.asarray(kinds, np.int8), pass_attended=np.asarray(attended, np.float64),
+                    request_ids=requests, group_first_pass=np.asarray(group_first, np.int64),
+                    prefill_pass=np.asarray(prefill, np.int64), last_pass=np.asarray(last, np.int64),
+                    decode_tokens=np.asarray(ndecode, np.int64))
+
+
+@dataclass
+class Chunk:
+    """The kernel's view of passes [p0, p1): events, their experts, timing, and (optionally) the
+    next-use index that oracles read."""
+
+    p0: int
+    p1: int
+    num_layers: int
+    num_experts: int
+    ev_ptr: np.ndarray
+    ev_obj: np.ndarray
+    ev_count: np.ndarray
+    ev_pass: np.ndarray
+    ev_dense: np.ndarray
+    ev_est: np.ndarray
+    spec: np.ndarray | None      # [passes, L-1, E] mean speculative next-layer scores, if the trace has them
+    occ_ptr: np.ndarray
+    occ_pos: np.ndarray
+
+    @property
+    def num_passes(self) -> int:
+        return self.p1 - self.p0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """[passes, L, E] tokens routed to each expert: the true routing, for oracles."""
+        dense = np.zeros(self.num_passes * self.num_layers * self.num_experts, np.int32)
+        events = np.repeat(np.arange(len(self.ev_ptr) - 1), np.diff(self.ev_ptr))
+        dense[events * self.num_experts + self.ev_obj % self.num_experts] = self.ev_count
+        return dense.reshape(self.num_passes, self.num_layers, self.num_experts)
+
+
+@njit(cache=True)
+def _layer_events(ids, ntok, num_experts):
+    """Union of each pass's experts per layer, in order of first appearance (token, then rank), with
+    the number of tokens routed to each. ids: [tokens, L, k] of the chunk, grouped by pass."""
+    n_tok, num_layers, top_k = ids.shape
+    n_pass = len(ntok)
+    ev_ptr = np.zeros(n_pass * num_layers + 1, np.int64)
+    ev_obj = np.empty(n_tok * num_layers * top_k, np.int32)
+    ev_count = np.empty(n_tok * num_layers * top_k, np.int32)
+    stamp = np.full(num_experts, -1, np.int64)
+    where = np.zeros(num_experts, np.int64)
+    n = 0
+    t0 = 0
+    for p in range(n_pass):
+        for layer in range(num_layers):
+            e = p * num_layers + layer
+            for t in range(t0, t0 + ntok[p]):
+                for r in range(top_k):
+                    x = ids[t, layer, r]
+                    if stamp[x] != e:
+                        stamp[x] = e
+                        where[x] = n
+                        ev_obj[n] = layer * num_experts + x
+                        ev_count[n] = 1
+                        n += 1
+                    else:
+                        ev_count[where[x]] += 1
+            ev_ptr[e + 1] = n
+        t0 += ntok[p]
+    return ev_ptr, ev_obj[:n].copy(), ev_count[:n].copy()
+
+
+def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec, hardware: HardwareProfile,
+                *, with_spec: bool, with_next_use: bool) -> Chunk:
+    L, E = model.num_layers, model.num_experts
+    t0, t1 = plan.pass_ptr[p0], plan.pass_ptr[p1]
+    tokens = plan.pass_tok[t0:t1]
+    ntok = np.diff(plan.pass_ptr[p0:p1 + 1])
+    if len(tokens) and tokens[-1] - tokens[0] == len(tokens) - 1 and np.all(np.diff(tokens) == 1):
+        ids = np.asarray(trace.expert_ids[tokens[0]:tokens[-1] + 1])  # contiguous: a slice, not a gather
+    else:
+        ids = np.asarray(trace.expert_ids[tokens])
+    ev_ptr, ev_obj, ev_count = _layer_events(ids, ntok, E)
+
+    kv_tokens = np.where(plan.pass_kind[p0:p1] == PREFILL, ntok, plan.pass_attended[p0:p1])
+    dense = hardware.dense_seconds(model, ntok, plan.pass_attended[p0:p1], kv_tokens)
+    ev_dense = np.repeat(dense, L).astype(np.float64)
+    expert_time = hardware.expert_seconds(model, ev_count.astype(np.float64))
+    ev_est = ev_dense + np.add.reduceat(expert_time, ev_ptr[:-1]) if len(expert_time) else ev_dense
+
+    spec = None
+    if with_spec:
+        scores = np.asarray(trace.spec_scores[tokens], dtype=np.float32)            # [n, L-1, E]
+        starts = np.concatenate([[0], np.cumsum(ntok)[:-1]])
+        spec = np.add.reduceat(scores, starts, axis=0) / ntok[:, None, None]
+
+    occ_ptr = np.zeros(1, np.int64)
+    occ_pos = np.zeros(0, np.int64)
+    if with_next_use:
+        occ_pos = np.argsort(ev_obj, kind="stable").astype(np.int64)
+        occ_ptr = np.zeros(L * E + 1, np.int64)
+        np.cumsum(np.bincount(ev_obj, minlength=L * E), out=occ_ptr[1:])
+    return Chunk(p0=p0, p1=p1, num_layers=L, num_experts=E, ev_ptr=ev_ptr, ev_obj=ev_obj, ev_count=ev_count,
+                 ev_pass=np.repeat(np.arange(p0, p1, dtype=np.int32), L), ev_dense=ev_dense, ev_est=ev_est,
+                 spec=spec, occ_ptr=occ_ptr, occ_pos=occ_pos)

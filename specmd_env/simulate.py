@@ -1,0 +1,33 @@
+"""``specmd_env.simulate``: the one entry point for replaying a trace against an expert cache."""
+
+from __future__ import annotations
+
+from specmd_env.replay import Replay
+from specmd_env.result import Result
+
+
+def simulate(trace, *, model=None, hardware="paper-a100-5gbps", capacity=0.05, eviction="lru", prefetch="none",
+             lookahead=1, batch_size=1, scope="global", mode="event", miss="fetch", prefetch_mass=0.8,
+             prefetch_max=None, prefetch_budget="engine", seed=0, requests=None) -> Result:
+    """Replay ``trace`` and return its :class:`Result`.
+
+    trace: a :class:`Trace`, a path, or a catalog name. model: defaults to the trace's.
+    hardware: a profile name (``specmd_env.list_profiles()``) or :class:`HardwareProfile`.
+    capacity: a fraction (0, 1] of all routed-expert bytes, or a byte count (int > 1).
+    eviction: lru, fifo, lfu, random, least-stale, belady (oracle), belady-bypass (oracle), or an object
+    with ``choose_victim(replay) -> slot``. prefetch: none, topk / top<N>, score, oracle.
+    lookahead: prefetch for layer l + lookahead. batch_size: requests decoding together.
+    scope: 'global' (one cache, as SpecMD) or 'per-layer' (a fixed share per layer).
+    mode: 'event' (a layer's experts are pinned while it computes; default) or 'per-access' (generic
+    cache-simulator replay). miss: 'fetch' (stall) or 'drop' (skip the expert; counted).
+    prefetch_mass / prefetch_max: the score prefetcher's coverage and cap. prefetch_budget: 'engine'
+    (what the copy engine can start before the target layer) or a fixed count per layer.
+    seed: for the random policy. requests: trace request indices to replay (default all, in order).
+    """
+    if not hasattr(trace, "expert_ids"):
+        from specmd_env.catalog import get_trace
+        trace = get_trace(trace)
+    return Replay(trace, model=model, hardware=hardware, capacity=capacity, eviction=eviction, prefetch=prefetch,
+                  lookahead=lookahead, batch_size=batch_size, scope=scope, mode=mode, miss=miss,
+                  prefetch_mass=prefetch_mass, prefetch_max=prefetch_max, prefetch_budget=prefetch_budget,
+                  seed=seed, requests=requests).run()
