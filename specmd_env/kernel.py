@@ -34,18 +34,18 @@ from numba import njit
 EXTERNAL, LRU, FIFO, LFU, RANDOM, LEAST_STALE, BELADY, BELADY_BYPASS = -1, 0, 1, 2, 3, 4, 5, 6
 
 # Kernel status ------------------------------------------------------------------------------------------
-DONE, NEED_VICTIM = 0, 1
-DEMAND, PREFETCH = 1, 2  # what a pending decision is for
+DONE, NEED_VICTIM, NEED_PREFETCH = 0, 1, 2
+DEMAND, PREFETCH, PREFETCH_CHOICE = 1, 2, 3  # what a pending decision is for
 
 # cfg_i: integer configuration ---------------------------------------------------------------------------
 (C_POLICY, C_CAPACITY, C_LAYERS, C_EXPERTS, C_PER_ACCESS, C_SCOPES, C_LOOKAHEAD, C_DROP,
- C_BUDGET, C_HAS_NEXT_USE, C_SEED, N_CFG_I) = range(12)
+ C_BUDGET, C_HAS_NEXT_USE, C_SEED, C_EXT_PREFETCH, N_CFG_I) = range(13)
 # cfg_f: float configuration ------------------------------------------------------------------------------
 F_XFER, F_EXPERT_PER_TOKEN, F_EXPERT_MIN, F_EXPERT_BYTES, N_CFG_F = range(5)
 
 # ist: integer state --------------------------------------------------------------------------------------
 (I_EVENT, I_PHASE, I_INDEX, I_TICK, I_PASS, I_PASS_TICK, I_RNG, I_PENDING, I_PENDING_OBJ, I_ACTION,
- I_NMISS, I_BUDGET, I_PF_ISSUED_EVENT, I_PF_SCOPE, N_IST) = range(15)
+ I_NMISS, I_BUDGET, I_PF_COUNT, I_PF_READY, N_IST) = range(15)
 # fst: float state ---------------------------------------------------------------------------------------
 S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_PASS_START, N_FST = range(6)
 # slot_i rows: per cache slot ----------------------------------------------------------------------------
@@ -62,11 +62,11 @@ OB_SLOT, OB_SEEN, OB_EVICT_PASS, OB_CURSOR, N_OBJ_I = range(5)
 # met: metrics (all float64, counts are exact integers below 2**53) ------------------------------------
 (M_ACCESSES, M_HITS, M_MISSES, M_COMPULSORY, M_CAPACITY, M_COLLISION, M_LATE, M_PF_ISSUED, M_PF_USED,
  M_PF_WASTED, M_PF_SKIPPED, M_TRANSFERS, M_BYPASSED, M_STALL, M_DROPPED, M_EVICTIONS, M_DECISIONS,
- M_TOKEN_ACCESSES, M_TOKEN_HITS, N_MET) = range(20)
+ M_TOKEN_ACCESSES, N_MET) = range(19)
 METRIC_NAMES = ("accesses", "hits", "misses", "compulsory_misses", "capacity_misses", "collision_misses",
                 "late_prefetch_misses", "prefetches_issued", "prefetches_used", "prefetches_wasted",
                 "prefetches_skipped", "transfers", "bypassed", "stall_seconds", "dropped_experts",
-                "evictions", "decisions", "token_accesses", "token_hits")
+                "evictions", "decisions", "token_accesses")
 
 # phases of an event
 P_START, P_MISSES, P_PREFETCH, P_END = 0, 1, 2, 3
@@ -246,6 +246,24 @@ def _to_tail(slot_i, lists, prev_row, next_row, head_row, scope, s):
 
 
 @njit(cache=True, inline="always")
+def _to_head(slot_i, lists, prev_row, next_row, head_row, scope, s):
+    """Move slot ``s`` to the head (first victim) of one of its scope's ordered lists."""
+    if lists[head_row, scope] == s:
+        return
+    p, n = slot_i[prev_row, s], slot_i[next_row, s]
+    slot_i[next_row, p] = n  # p >= 0: s is not the head
+    if n >= 0:
+        slot_i[prev_row, n] = p
+    else:
+        lists[head_row + 1, scope] = p
+    h = lists[head_row, scope]
+    slot_i[prev_row, h] = s
+    slot_i[next_row, s] = h
+    slot_i[prev_row, s] = -1
+    lists[head_row, scope] = s
+
+
+@njit(cache=True, inline="always")
 def _touch(cfg_i, ist, slot_i, lists, slot, use):
     ist[I_TICK] += 1
     scope = _scope_of(cfg_i, slot)
@@ -282,8 +300,14 @@ def _load(cfg_i, cfg_f, ist, fst, slot_i, slot_f, obj_i, lists, met, slot, obj, 
         slot_i[SL_PREFETCHED, slot] = prefetched
         ist[I_TICK] += 1
         slot_i[SL_INSERT, slot] = ist[I_TICK]
-        _to_tail(slot_i, lists, SL_INS_PREV, SL_INS_NEXT, L_INS_HEAD, _scope_of(cfg_i, slot), slot)
-        _touch(cfg_i, ist, slot_i, lists, slot, True)
+        scope = _scope_of(cfg_i, slot)
+        _to_tail(slot_i, lists, SL_INS_PREV, SL_INS_NEXT, L_INS_HEAD, scope, slot)
+        if prefetched == 1:  # inserted, not used: current for Least-Stale, least recent for LRU
+            _touch(cfg_i, ist, slot_i, lists, slot, False)
+            slot_i[SL_USE, slot] = 0
+            _to_head(slot_i, lists, SL_USE_PREV, SL_USE_NEXT, L_USE_HEAD, scope, slot)
+        else:
+            _touch(cfg_i, ist, slot_i, lists, slot, True)
         slot_f[SL_READY, slot] = ready
         slot_f[SL_FREE_AT, slot] = ready if prefetched == 1 else INF
         obj_i[OB_SLOT, obj] = slot
@@ -317,7 +341,6 @@ def _serve_hit(cfg_i, cfg_f, fst, ist, slot_i, slot_f, obj_i, lists, met, obj, t
     met[M_TOKEN_ACCESSES] += tokens
     if slot_f[SL_READY, slot] <= fst[S_ROUTER]:
         met[M_HITS] += 1
-        met[M_TOKEN_HITS] += tokens
     else:  # a prefetch still in flight: a miss that costs no new transfer
         _classify_miss(ist, obj_i, met, obj)
         met[M_LATE] += 1
@@ -338,6 +361,10 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
     On NEED_VICTIM, ``ist[I_PENDING]`` says DEMAND or PREFETCH, ``ist[I_PENDING_OBJ]`` the expert to
     load, ``fst[S_DECISION]`` the decision time; put the chosen slot in ``ist[I_ACTION]`` and call
     again. The caller must have checked the slot with :func:`is_candidate`.
+
+    With external prefetch (``cfg_i[C_EXT_PREFETCH]``), NEED_PREFETCH asks for the ranked objects to
+    prefetch for layer l + lookahead: the caller writes them to ``work[:n]``, sets ``ist[I_PF_COUNT]``
+    to n, ``ist[I_PF_READY]`` to 1 and ``ist[I_PENDING]`` to 0, and calls again.
     """
     num_events = len(ev_ptr) - 1
     num_layers = cfg_i[C_LAYERS]
@@ -428,10 +455,16 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
         if ist[I_PHASE] == P_PREFETCH:
             target_layer = layer + cfg_i[C_LOOKAHEAD]
             if target_layer < num_layers:
+                external_pf = cfg_i[C_EXT_PREFETCH] == 1
+                if external_pf and ist[I_PF_READY] == 0:
+                    ist[I_PENDING] = PREFETCH_CHOICE
+                    ist[I_INDEX] = 0
+                    return NEED_PREFETCH
+                end = ist[I_PF_COUNT] if external_pf else pf_ptr[e + 1]
                 plo, phi = scope_range(cfg_i, target_layer)
                 t_issue = fst[S_ROUTER]
-                while ist[I_INDEX] < pf_ptr[e + 1]:
-                    obj = pf_obj[ist[I_INDEX]]
+                while ist[I_INDEX] < end:
+                    obj = work[ist[I_INDEX]] if external_pf else pf_obj[ist[I_INDEX]]
                     if ist[I_PENDING] == 0:
                         if obj_i[OB_SLOT, obj] >= 0:
                             _touch(cfg_i, ist, slot_i, lists, obj_i[OB_SLOT, obj], False)  # a hint: no use, no count
@@ -465,6 +498,7 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
                     met[M_PF_ISSUED] += 1
                     ist[I_BUDGET] -= 1
                     ist[I_INDEX] += 1
+            ist[I_PF_READY] = 0
             ist[I_PHASE] = P_END
         # P_END
         if layer == num_layers - 1:

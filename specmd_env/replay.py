@@ -74,7 +74,14 @@ class Replay:
             budget = -1
         else:
             budget = _positive_int("prefetch_budget", prefetch_budget, minimum=0)
-        self.prefetcher = get_prefetcher(prefetch, self.model.top_k, mass=prefetch_mass, max_count=prefetch_max)
+        self.prefetch_object = None
+        external_prefetch = prefetch == EXTERNAL or hasattr(prefetch, "choose_prefetch")
+        if hasattr(prefetch, "choose_prefetch"):
+            self.prefetch_object = prefetch
+        self.external_prefetch = external_prefetch
+        self.prefetcher = get_prefetcher("none" if external_prefetch else prefetch, self.model.top_k,
+                                         mass=prefetch_mass, max_count=prefetch_max)
+        self.prefetch_label = (getattr(prefetch, "name", EXTERNAL) if external_prefetch else self.prefetcher.label)
         if self.prefetcher.needs_spec_scores and trace.spec_scores is None:
             missing = trace.meta.get("missing")
             raise SpecMDError(f"prefetch={self.prefetcher.name!r} needs speculative scores, but this trace has none"
@@ -106,6 +113,7 @@ class Replay:
         cfg_i[kernel.C_DROP] = self.miss == "drop"
         cfg_i[kernel.C_BUDGET] = budget
         cfg_i[kernel.C_SEED] = self.seed
+        cfg_i[kernel.C_EXT_PREFETCH] = external_prefetch
         cfg_f = np.zeros(kernel.N_CFG_F, np.float64)
         cfg_f[kernel.F_XFER] = self.hardware.transfer_seconds(self.model.expert_bytes)
         cfg_f[kernel.F_EXPERT_PER_TOKEN] = 2.0 * self.model.expert_params / (self.hardware.bf16_tflops * 1e12)
@@ -143,9 +151,9 @@ class Replay:
                 self.obj_i, self.lists, self.met, self.work, self.pass_end[c.p0:c.p1])
 
     def advance(self) -> bool:
-        """Replay until an eviction decision is due (True) or the trace ends (False)."""
+        """Replay until a decision is due (True: see :attr:`pending_kind`) or the trace ends (False)."""
         while not self.done:
-            if kernel.advance(*self._kernel_args()) == kernel.NEED_VICTIM:
+            if kernel.advance(*self._kernel_args()) != kernel.DONE:
                 return True
             if not self._next_chunk():
                 self.done = True
@@ -153,8 +161,49 @@ class Replay:
 
     @property
     def pending_kind(self) -> str | None:
-        """'demand' or 'prefetch' while a decision is due, else None."""
-        return {kernel.DEMAND: "demand", kernel.PREFETCH: "prefetch"}.get(int(self.ist[kernel.I_PENDING]))
+        """What is due: 'demand' or 'prefetch' (a victim slot, answer with :meth:`decide`),
+        'prefetch-choice' (experts to prefetch, answer with :meth:`choose_prefetch`), or None."""
+        return {kernel.DEMAND: "demand", kernel.PREFETCH: "prefetch",
+                kernel.PREFETCH_CHOICE: "prefetch-choice"}.get(int(self.ist[kernel.I_PENDING]))
+
+    @property
+    def current_event(self) -> tuple[int, int]:
+        """(global pass index, layer) of the layer event being replayed."""
+        e = int(self.ist[kernel.I_EVENT])
+        return int(self.chunk.ev_pass[e]), e % self.model.num_layers
+
+    @property
+    def prefetch_budget(self) -> int:
+        """Transfers the copy engine may still start for the pending prefetch (-1 only when unset)."""
+        return int(self.ist[kernel.I_BUDGET])
+
+    def speculative_scores(self) -> np.ndarray | None:
+        """Mean speculative scores over the current pass's tokens for layer l + lookahead (what a
+        prefetcher may see when layer l's router runs), or None if the trace has none."""
+        if self.trace.spec_scores is None or self.chunk is None:
+            return None
+        pass_index, layer = self.current_event
+        row = layer + self.lookahead - 1
+        if row >= self.model.num_layers - 1:
+            return None
+        tokens = self.plan.pass_tok[self.plan.pass_ptr[pass_index]:self.plan.pass_ptr[pass_index + 1]]
+        return np.asarray(self.trace.spec_scores[tokens, row], np.float32).mean(axis=0)
+
+    def choose_prefetch(self, experts) -> None:
+        """Answer a 'prefetch-choice': expert ids of layer l + lookahead to fetch, best first (may be
+        empty). Experts already resident are hints; the copy-engine budget still applies."""
+        if self.pending_kind != "prefetch-choice":
+            raise SpecMDError("no prefetch choice is pending")
+        experts = np.asarray(experts, dtype=np.int64).ravel()
+        E = self.model.num_experts
+        if len(experts) > E or (len(experts) and (experts.min() < 0 or experts.max() >= E)) \
+                or len(np.unique(experts)) != len(experts):
+            raise SpecMDError(f"prefetch choice must be distinct expert ids in [0, {E}), got {experts.tolist()}")
+        _, layer = self.current_event
+        self.work[:len(experts)] = (layer + self.lookahead) * E + experts
+        self.ist[kernel.I_PF_COUNT] = len(experts)
+        self.ist[kernel.I_PF_READY] = 1
+        self.ist[kernel.I_PENDING] = 0
 
     @property
     def pending_object(self) -> int:
@@ -172,7 +221,7 @@ class Replay:
     def candidate_mask(self) -> np.ndarray:
         """Slots that may be evicted for the pending decision (pinned and in-flight ones may not)."""
         mask = np.zeros(self.capacity, bool)
-        if self.pending_kind is None:
+        if self.pending_kind not in ("demand", "prefetch"):
             return mask
         lo, hi = self.decision_scope()
         t = self.decision_time
@@ -182,8 +231,8 @@ class Replay:
 
     def decide(self, slot: int) -> None:
         """Answer the pending decision with the slot to evict."""
-        if self.pending_kind is None:
-            raise SpecMDError("no eviction decision is pending")
+        if self.pending_kind not in ("demand", "prefetch"):
+            raise SpecMDError(f"no eviction decision is pending (pending: {self.pending_kind})")
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.capacity \
                 or not self.candidate_mask()[slot]:
             raise SpecMDError(f"slot {slot!r} may not be evicted now (pinned by the layer computing, in flight, "
@@ -197,11 +246,16 @@ class Replay:
         return int(kernel.next_use(obj, position - 1, c.occ_ptr, c.occ_pos, self.obj_i)) if c is not None else int(kernel.NEVER)
 
     def run(self) -> Result:
-        """Replay to the end (asking the policy object, if any, at each decision) and return the result."""
+        """Replay to the end, asking the policy objects (if any) at each decision; return the result."""
         while self.advance():
-            if self.policy_object is None:
-                raise SpecMDError("eviction='external' replays need decisions: use advance()/decide(), or the env")
-            self.decide(self.policy_object.choose_victim(self))
+            if self.pending_kind == "prefetch-choice":
+                if self.prefetch_object is None:
+                    raise SpecMDError("prefetch='external' replays need choices: use advance()/choose_prefetch(), or the env")
+                self.choose_prefetch(self.prefetch_object.choose_prefetch(self))
+            else:
+                if self.policy_object is None:
+                    raise SpecMDError("eviction='external' replays need decisions: use advance()/decide(), or the env")
+                self.decide(self.policy_object.choose_victim(self))
         return self.result()
 
     # -- results -----------------------------------------------------------------------------------
@@ -217,7 +271,7 @@ class Replay:
         prefetched_resident = int(np.sum((self.slot_i[kernel.SL_PREFETCHED] == 1) & (self.slot_i[kernel.SL_OBJ] >= 0)))
         counts = {k: int(v) for k, v in m.items() if k != "stall_seconds"}
         return Result(
-            eviction=self.eviction_label, prefetch=self.prefetcher.label, model=self.model.name,
+            eviction=self.eviction_label, prefetch=self.prefetch_label, model=self.model.name,
             hardware=self.hardware.name, capacity_slots=self.capacity, stall_seconds=float(m["stall_seconds"]),
             prefetches_resident_at_end=prefetched_resident,
             bytes_moved=counts["transfers"] * self.model.expert_bytes,

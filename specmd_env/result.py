@@ -42,7 +42,6 @@ class Result:
     evictions: int
     decisions: int
     token_accesses: int
-    token_hits: int
     total_seconds: float
     prompt_tokens: int
     output_tokens: int
@@ -55,9 +54,11 @@ class Result:
 
     @property
     def token_hit_rate(self) -> float:
-        """Hits weighted by the tokens routed to the expert: in a prefill, an expert that 200 tokens use
-        counts 200 times. Papers that quote per-token hit rates mean this one."""
-        return self.token_hits / self.token_accesses if self.token_accesses else float("nan")
+        """Hit rate of the per-token request stream: every token's use of an expert is an access, and
+        only the access that finds the expert missing misses (the other tokens of that layer event
+        share its transfer). In a prefill an expert used by 200 tokens misses at most once in 200.
+        Papers that quote per-token hit rates mean this one; ``hit_rate`` is the stricter per-event one."""
+        return 1.0 - self.misses / self.token_accesses if self.token_accesses else float("nan")
 
     @property
     def mean_ttft_seconds(self) -> float:

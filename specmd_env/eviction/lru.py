@@ -1,6 +1,8 @@
-"""LRU: evict the expert whose last use (demand hit or insertion) is oldest.
+"""LRU: evict the expert whose last use is oldest.
 
-Prefetch hints for experts already resident are not uses, so they do not refresh recency.
+A use is a layer computing with the expert (a hit, or the demand load that brought it in). Prefetching
+is not a use: a prefetched expert enters at the least-recent end until a layer uses it (as prefetched
+pages do in most LRU caches), and a prefetch hint for a resident expert changes nothing.
 """
 
 from specmd_env import kernel
