@@ -15,3 +15,4 @@ from specmd_env.result import Result  # noqa: E402
 from specmd_env.simulate import simulate  # noqa: E402
 
 __all__ += ["Replay", "Result", "simulate"]
+from specmd_env.envs import registration as _registration  # noqa: E402,F401  (registers the gym ids)

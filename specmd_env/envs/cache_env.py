@@ -1,0 +1,408 @@
+"""``SpecMD-*-v0``: the expert cache of MoE inference as a Gymnasium environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from specmd_env import kernel as K
+from specmd_env.catalog import default_trace_name, get_trace
+from specmd_env.errors import SpecMDError
+from specmd_env.eviction import get_eviction
+from specmd_env.models import get_model
+from specmd_env.replay import Replay
+from specmd_env.reward import RewardWeights
+from specmd_env.envs import _core
+from specmd_env.envs.observation import ObservationLayout
+
+DECISIONS = ("eviction", "prefetch", "joint")
+SPLITS = ("all", "train", "test")
+TEST_EVERY = 5  # request i is a test request when i % 5 == 4
+_PENDING = {K.DEMAND: "demand", K.PREFETCH: "prefetch", K.PREFETCH_CHOICE: "prefetch-choice"}
+
+
+def split_requests(trace, split: str = "all", test_domains=None) -> np.ndarray:
+    """Trace request indices of a split: test = every fifth request (i % 5 == 4), or the requests of
+    ``test_domains`` when given; train = the rest; all = every request. Deterministic."""
+    if split not in SPLITS:
+        raise SpecMDError(f"split must be one of {SPLITS}, got {split!r}")
+    n = trace.num_requests
+    if test_domains is None:
+        is_test = np.arange(n) % TEST_EVERY == TEST_EVERY - 1
+    else:
+        wanted = {test_domains} if isinstance(test_domains, str) else set(test_domains)
+        domains = np.asarray(trace.domains)
+        unknown = wanted - set(domains.tolist())
+        if unknown:
+            raise SpecMDError(f"test_domains {sorted(unknown)} are not in the trace; its domains: "
+                              f"{sorted(set(domains.tolist()))}")
+        is_test = np.isin(domains, sorted(wanted))
+    if split == "all":
+        return np.arange(n)
+    chosen = np.flatnonzero(is_test if split == "test" else ~is_test)
+    if len(chosen) == 0:
+        raise SpecMDError(f"split {split!r} of this trace has no requests")
+    return chosen
+
+
+def _pass_progress(plan) -> np.ndarray:
+    """Per forward pass: passes since its batch group began / 256, clipped to 1 (no future facts)."""
+    n = plan.num_passes
+    start = np.zeros(n, np.int64)
+    if len(plan.group_first_pass):
+        marks = np.zeros(n, np.int64)
+        marks[plan.group_first_pass] = plan.group_first_pass
+        start = np.maximum.accumulate(marks)
+    from specmd_env.envs.observation import PROGRESS_PASSES
+    return np.minimum((np.arange(n) - start) / PROGRESS_PASSES, 1.0)
+
+
+class SpecMDCacheEnv(gym.Env):
+    """
+    ## Description
+
+    A Mixture-of-Experts model runs its layers one after another; each layer needs a few of its E
+    experts, chosen by a router. Only a fraction of all experts fits in GPU memory (the *cache*); a
+    missing expert is copied over the host link (one FIFO copy engine) while the GPU stalls. This
+    environment replays a routing trace (prefill and decode forward passes of real-shaped requests)
+    through the compiled, hardware-timed cache of :mod:`specmd_env.kernel` and hands the agent the
+    decisions a cache manager makes: *which expert to evict* when room is needed, and/or *which experts
+    of the next layer to prefetch* while the current layer computes. Everything else (hits, in-flight
+    arrivals, compute, the fixed policy for the part the agent does not decide) is simulated inside
+    ``step``. The reward is :class:`specmd_env.RewardWeights`: collision misses and stall time.
+
+    ## Action Space
+
+    * ``decision="eviction"`` (``SpecMD-OLMoE-v0``): ``Discrete(capacity)``, the slot to evict. Asked
+      only when the cache must make room, for a demand miss (``pending_demand``) or for a prefetch
+      (``pending_prefetch``). Only *candidate* slots may be evicted (occupied, not pinned by the layer
+      computing, not in flight): ``action_masks()`` (sb3-contrib MaskablePPO) and the ``candidate``
+      feature say which.
+    * ``decision="prefetch"`` (``SpecMD-OLMoE-Prefetch-v0``): ``MultiBinary(E)``, asked at every layer
+      event that has a next layer: 1 = fetch that expert of layer ``l + lookahead``. Selected experts are
+      fetched in order of speculative score (best first, ties to the lower id) within the copy engine's
+      budget (transfers that can start before that layer's router runs); already-resident ones are
+      hinted (marked current) instead. Eviction is ``fixed_eviction``.
+    * ``decision="joint"`` (``SpecMD-OLMoE-Joint-v0``): ``MultiDiscrete([capacity] + [2] * E)``. At an
+      eviction decision only ``action[0]`` (the slot) is used; at a prefetch choice only ``action[1:]``
+      (the bits). The observation's ``pending_*`` one-hot says which is due; ``action_masks()`` masks
+      the slot part (all slots allowed at prefetch choices, where it is ignored).
+
+    An invalid slot (a masked one) is not an error: the eviction falls back to ``fixed_eviction``'s
+    choice among the candidates, the step's reward is reduced by ``invalid_action_penalty`` and
+    ``info["invalid_action"]`` is True. An action outside the action space raises SpecMDError.
+
+    ## Observation Space
+
+    ``Box(0, 1, (capacity * 11 + 11 [+ E],), float32)``: 11 features per cache slot (slot-major), 11
+    global features, and in prefetch and joint modes the next layer's E speculative scores. Ages are
+    exact ranks: 1 = the oldest occupied slot of its scope (the first victim of that order), 0 = the
+    newest, spaced 1 / (scope size - 1); all-zero rows are empty slots.
+
+    | Index | Feature | Meaning | Min | Max |
+    |-------|---------|---------|-----|-----|
+    | 11s+0 | occupied | slot s holds an expert | 0 | 1 |
+    | 11s+1 | layer_ahead | (its layer - layer computing) mod L, / L: how far ahead in the sweep | 0 | 1 |
+    | 11s+2 | current | touched (used, inserted, or hinted by the prefetcher) in this forward pass | 0 | 1 |
+    | 11s+3 | use_age | rank by last use (LRU order; unused prefetches are oldest) | 0 | 1 |
+    | 11s+4 | touch_age | rank by last touch (Least-Stale order) | 0 | 1 |
+    | 11s+5 | insert_age | rank by insertion (FIFO order) | 0 | 1 |
+    | 11s+6 | use_count | uses since insertion c, as c / (c + 16) | 0 | 1 |
+    | 11s+7 | spec_score | its expert's speculative score if its layer is l + lookahead, else 0 | 0 | 1 |
+    | 11s+8 | in_flight | its transfer has not arrived by the decision time | 0 | 1 |
+    | 11s+9 | prefetched_unused | prefetched and not yet used | 0 | 1 |
+    | 11s+10 | candidate | may be evicted now (= action mask at an eviction decision) | 0 | 1 |
+    | 11C+0 | layer | layer computing / L | 0 | 1 |
+    | 11C+1 | decode | 1 in a decode pass, 0 in a prefill | 0 | 1 |
+    | 11C+2 | request_progress | passes since the batch group began / 256, clipped | 0 | 1 |
+    | 11C+3 | copy_backlog | copy engine busy time ahead, in transfer times / 16, clipped | 0 | 1 |
+    | 11C+4 | pending_demand | an eviction for a demand miss is due | 0 | 1 |
+    | 11C+5 | pending_prefetch | an eviction for a prefetch is due | 0 | 1 |
+    | 11C+6 | pending_prefetch_choice | a prefetch choice is due | 0 | 1 |
+    | 11C+7 | pending_layer_ahead | (pending expert's layer - layer computing) mod L, / L | 0 | 1 |
+    | 11C+8 | prefetch_budget | transfers the copy engine may still start for the prefetch / E | 0 | 1 |
+    | 11C+9 | occupancy | occupied slots / capacity | 0 | 1 |
+    | 11C+10 | candidate_fraction | candidate slots / capacity | 0 | 1 |
+    | 11C+11+x | score.x | (prefetch, joint) speculative score of expert x of layer l + lookahead | 0 | 1 |
+
+    Nothing in the observation comes from the future. Oracle facts are in ``info`` when ``oracle_info=True``:
+    ``info["next_use"]`` (per slot: accesses until its expert's next use, -1 empty, ``kernel.NEVER``
+    none in the chunk; at eviction decisions) and ``info["next_experts"]`` (tokens of this pass routed
+    to each expert of layer l + lookahead).
+
+    ## Rewards
+
+    ``RewardWeights(w_collision, w_latency, w_miss).reward(Δcollision misses, Δstall seconds, Δmisses)``
+    accrued from the previous decision (or the episode start) up to this one; the last step includes
+    everything up to the end of the replay. So the sum of an episode's rewards equals
+    ``RewardWeights.score(result)`` exactly up to float rounding, minus ``invalid_action_penalty`` per
+    invalid action.
+
+    ## Starting State
+
+    An empty cache at time 0. An episode replays ``requests_per_episode`` requests drawn without
+    replacement from the split with the env's ``np_random`` (``None``: every request of the split, in
+    order). ``reset(options={"requests": [...]})`` replays given trace request indices instead.
+
+    ## Episode End
+
+    Terminated when the replay ends; the final ``info`` holds ``metrics`` (``Result.as_dict()``: every
+    simulator metric), ``score`` (RewardWeights.score), ``episode_reward``, ``episode_steps`` and
+    ``episode_invalid_actions``. Truncation only through ``max_episode_steps`` (TimeLimit). A replay that
+    needs no decision at all still has one step: its observation has no pending flag, every action is
+    accepted and ignored, and the step terminates with the whole replay's reward.
+
+    ## Arguments
+
+    ``gym.make("SpecMD-OLMoE-v0", **kwargs)`` (all optional): ``trace`` (catalog name, path or Trace;
+    default the model's default trace), ``model`` (default from the env id), ``hardware``
+    ("paper-a100-5gbps"), ``capacity`` (0.05: fraction of expert bytes, or a byte count), ``lookahead``
+    (1), ``batch_size`` (1), ``scope`` ("global" | "per-layer"), ``decision`` ("eviction" | "prefetch" |
+    "joint"), ``fixed_eviction`` ("least-stale": eviction when the agent does not decide it, and the
+    fallback for invalid slots), ``fixed_prefetch`` ("score": prefetch in eviction mode; none | topk |
+    top<N> | score | oracle), ``prefetch_mass`` (0.8, for score), ``w_collision`` (1.0), ``w_latency``
+    (100.0), ``w_miss`` (0.0), ``split`` ("all" | "train" | "test"), ``test_domains`` (None: test = every
+    fifth request; else the requests of these domains), ``requests_per_episode`` (4; None = all),
+    ``invalid_action_penalty`` (1.0), ``oracle_info`` (False; True adds ``next_use`` and
+    ``next_experts`` to ``info`` for oracle agents, at ~2 us per step), ``render_mode`` ("ansi" | "rgb_array").
+    Bad values raise SpecMDError naming the keyword.
+
+    ## Vectorized environment
+
+    ``gym.make_vec("SpecMD-OLMoE-v0", num_envs=N, vectorization_mode="vector_entry_point")`` returns
+    :class:`specmd_env.envs.vector_env.SpecMDVectorEnv`: N environments stepped in one compiled call,
+    with next-step autoreset.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(self, trace=None, model=None, hardware="paper-a100-5gbps", capacity=0.05, lookahead: int = 1,
+                 batch_size: int = 1, scope: str = "global", decision: str = "eviction",
+                 fixed_eviction: str = "least-stale", fixed_prefetch: str = "score", prefetch_mass: float = 0.8,
+                 w_collision: float = 1.0, w_latency: float = 100.0, w_miss: float = 0.0, split: str = "all",
+                 test_domains=None, requests_per_episode: int | None = 4, invalid_action_penalty: float = 1.0,
+                 oracle_info: bool = False, render_mode: str | None = None):
+        if decision not in DECISIONS:
+            raise SpecMDError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise SpecMDError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if trace is None:
+            trace = default_trace_name(model if model is not None else "olmoe")
+        self.trace = get_trace(trace)
+        self.decision = decision
+        self.weights = RewardWeights(collision=w_collision, latency=w_latency, miss=w_miss)
+        penalty = invalid_action_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not np.isfinite(penalty) or penalty < 0:
+            raise SpecMDError(f"invalid_action_penalty must be a finite number >= 0, got {penalty!r}")
+        self.invalid_action_penalty = float(penalty)
+        self.split_ids = split_requests(self.trace, split, test_domains)
+        if requests_per_episode is not None:
+            if isinstance(requests_per_episode, bool) or not isinstance(requests_per_episode, (int, np.integer)) \
+                    or not 1 <= requests_per_episode <= len(self.split_ids):
+                raise SpecMDError(f"requests_per_episode must be None or an integer in [1, {len(self.split_ids)}] "
+                                  f"(the requests of split {split!r}), got {requests_per_episode!r}")
+            requests_per_episode = int(requests_per_episode)
+        self.requests_per_episode = requests_per_episode
+        fixed_ev = get_eviction(fixed_eviction)
+        self.fallback_code = fixed_ev.code
+        agent_evicts = decision in ("eviction", "joint")
+        agent_prefetches = decision in ("prefetch", "joint")
+        self._replay_kwargs = dict(
+            model=model, hardware=hardware, capacity=capacity, lookahead=lookahead, batch_size=batch_size,
+            scope=scope, eviction="external" if agent_evicts else fixed_eviction,
+            prefetch="external" if agent_prefetches else fixed_prefetch, prefetch_mass=prefetch_mass)
+        probe = Replay(self.trace, requests=self.split_ids[:1], **self._replay_kwargs)  # validates every keyword
+        self.model = probe.model
+        self.capacity = probe.capacity
+        self.num_layers, self.num_experts = self.model.num_layers, self.model.num_experts
+        self.oracle_info = bool(oracle_info)
+        self.render_mode = render_mode
+        self.config = dict(
+            trace=self.trace.meta.get("name", trace if isinstance(trace, str) else "custom"),
+            model=self.model.name, hardware=probe.hardware.name, capacity=capacity, capacity_slots=self.capacity,
+            lookahead=probe.lookahead, batch_size=probe.batch_size, scope=probe.scope, decision=decision,
+            fixed_eviction=fixed_ev.name, fixed_prefetch=probe.prefetch_label if not agent_prefetches else "agent",
+            prefetch_mass=prefetch_mass, w_collision=self.weights.collision, w_latency=self.weights.latency,
+            w_miss=self.weights.miss, split=split, test_domains=test_domains,
+            split_requests=self.split_ids.tolist(), requests_per_episode=requests_per_episode,
+            invalid_action_penalty=self.invalid_action_penalty, oracle_info=self.oracle_info)
+        self.layout = ObservationLayout(self.capacity, self.num_experts, with_scores=agent_prefetches)
+        self.observation_space = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
+        E = self.num_experts
+        if decision == "eviction":
+            self.action_space = spaces.Discrete(self.capacity)
+        elif decision == "prefetch":
+            self.action_space = spaces.MultiBinary(E)
+        else:
+            self.action_space = spaces.MultiDiscrete(np.array([self.capacity] + [2] * E, np.int64))
+        # per-step output buffers (the vector env re-binds them to rows of its batch arrays)
+        self._args = None
+        self._terminated = False
+        self._bind_buffers(np.zeros(self.layout.size, np.float32), np.ones(self.capacity, bool),
+                           np.zeros(1 + E, np.int64), np.zeros(self.capacity + E, np.int64))
+        self.replay: Replay | None = None
+        self._done = True
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _bind_buffers(self, obs, mask, act, orc):
+        self._obs, self._mask, self._act, self._orc = obs, mask, act, orc
+        if self._args is not None:
+            self._args = self._args[:6] + (obs, mask, act, orc)
+
+    def _load_chunk(self) -> None:
+        c = self.replay.chunk
+        spec = c.spec if c.spec is not None else self._chunk_spec(c)
+        ci, c32, cf, cs = _core.chunk_arenas(self.replay, self._si, spec, self._progress)
+        self._args = (self._si, self._sf, ci, c32, cf, cs, self._obs, self._mask, self._act, self._orc)
+
+    def _chunk_spec(self, c):
+        """Mean speculative scores per pass (as schedule.build_chunk computes them), for the observation."""
+        if self.trace.spec_scores is None:
+            return None
+        plan = self.replay.plan
+        tokens = plan.pass_tok[plan.pass_ptr[c.p0]:plan.pass_ptr[c.p1]]
+        ntok = np.diff(plan.pass_ptr[c.p0:c.p1 + 1])
+        scores = np.asarray(self.trace.spec_scores[tokens], dtype=np.float32)
+        starts = np.concatenate([[0], np.cumsum(ntok)[:-1]])
+        return np.add.reduceat(scores, starts, axis=0) / ntok[:, None, None]
+
+    def _run(self, has_action: int) -> float:
+        """One compiled step, then chunk changes in Python until a decision is due or the replay ends."""
+        status = _core.step_core(*self._args, has_action)
+        reward = self._sf[_core.F_REWARD]
+        while status == K.DONE:
+            if self.replay._next_chunk():
+                self._load_chunk()
+                status = _core.step_core(*self._args, 0)
+                reward += self._sf[_core.F_REWARD]
+            else:
+                self.replay.done = True
+                self._done = True
+                self._mask[:] = True
+                break
+        return reward
+
+    def _start(self, requests) -> None:
+        self.replay = Replay(self.trace, requests=requests, seed=int(self.np_random.integers(2**31 - 1)),
+                             **self._replay_kwargs)
+        self._si, self._sf = _core.new_state_arenas(self.replay, fallback_code=self.fallback_code,
+                                                    weights=self.weights, oracle=self.oracle_info,
+                                                    with_scores=self.layout.with_scores)
+        self._progress = _pass_progress(self.replay.plan)
+        self._done = self.replay.done
+        self._episode_reward = 0.0
+        self._episode_steps = 0
+        self._episode_invalid = 0
+        if self._done:  # nothing to replay
+            self._obs[:] = 0.0
+            self._mask[:] = True
+            return
+        self._load_chunk()
+        self._run(0)  # reward up to the first decision is paid with the first step (prev counters kept)
+        self._sf[_core.F_PREV_COL] = self._sf[_core.F_PREV_STALL] = self._sf[_core.F_PREV_MISS] = 0.0
+        if self._done:
+            self._obs[:] = 0.0
+            self._mask[:] = True
+
+    def _info(self) -> dict:
+        info = {"decision": self.pending}
+        if self.oracle_info:
+            C = self.capacity
+            info["next_use"] = self._orc[:C].copy()
+            info["next_experts"] = self._orc[C:].copy()
+        return info
+
+    # -- Gymnasium API -----------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options and options.get("requests") is not None:
+            requests = np.asarray(options["requests"], np.int64)
+        elif self.requests_per_episode is None:
+            requests = self.split_ids
+        else:
+            requests = self.np_random.choice(self.split_ids, size=self.requests_per_episode, replace=False)
+        self._terminated = False
+        self._start(requests)
+        return self._obs.copy(), self._info()
+
+    def step(self, action):
+        if self.replay is None:
+            raise SpecMDError("call reset() before step()")
+        if self._terminated:
+            raise SpecMDError("the episode has ended: call reset()")
+        self._write_action(action)
+        if self._done:  # no decision was ever due: one step ends the replay
+            met = self.replay.met
+            reward = self.weights.reward(met[K.M_COLLISION], met[K.M_STALL], met[K.M_MISSES])
+            invalid = False
+        else:
+            reward = self._run(1)
+            invalid = self._si[_core.H_INVALID] == 1
+        if invalid:
+            reward -= self.invalid_action_penalty
+            self._episode_invalid += 1
+        self._episode_reward += reward
+        self._episode_steps += 1
+        terminated = self._terminated = self._done
+        info = self._info()
+        info["invalid_action"] = bool(invalid)
+        if terminated:
+            result = self.replay.result()
+            info.update(metrics=result.as_dict(), score=self.weights.score(result),
+                        episode_reward=self._episode_reward, episode_steps=self._episode_steps,
+                        episode_invalid_actions=self._episode_invalid)
+        return self._obs.copy(), float(reward), terminated, False, info
+
+    def _write_action(self, action) -> None:
+        act = self._act
+        if self.decision == "eviction":
+            try:
+                slot = int(action)
+            except (TypeError, ValueError):
+                raise SpecMDError(f"action must be a slot index in [0, {self.capacity}), got {action!r}") from None
+            if not 0 <= slot < self.capacity:
+                raise SpecMDError(f"action {action!r} is outside the action space Discrete({self.capacity})")
+            act[0] = slot
+            return
+        a = np.asarray(action).ravel()
+        E = self.num_experts
+        if self.decision == "prefetch":
+            if a.shape != (E,) or np.any((a != 0) & (a != 1)):
+                raise SpecMDError(f"action must be {E} bits (MultiBinary({E})), got {action!r}")
+            act[1:] = a
+        else:
+            if a.shape != (1 + E,) or not 0 <= a[0] < self.capacity or np.any((a[1:] != 0) & (a[1:] != 1)):
+                raise SpecMDError(f"action must be [slot in [0, {self.capacity})] + {E} bits, got {action!r}")
+            act[:] = a
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions for sb3-contrib's MaskablePPO (flattened per action dimension)."""
+        if self.decision == "eviction":
+            return self._mask.copy()
+        bits = np.ones(2 * self.num_experts, bool)
+        if self.decision == "prefetch":
+            return bits
+        return np.concatenate([self._mask, bits])
+
+    @property
+    def pending(self) -> str | None:
+        """The decision now due: 'demand', 'prefetch', 'prefetch-choice', or None."""
+        if self.replay is None or self._done:
+            return None
+        return _PENDING.get(int(self.replay.ist[K.I_PENDING]))
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode (use 'ansi' or 'rgb_array')")
+            return None
+        from specmd_env.envs import render as _render
+        if self.render_mode == "ansi":
+            return _render.render_ansi(self)
+        return _render.render_rgb(self)
