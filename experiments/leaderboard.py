@@ -1,0 +1,354 @@
+"""``specmd leaderboard``: every eviction x prefetch policy, the oracles and the committed learned
+agents, scored with ``RewardWeights`` over traces x capacities x hardware profiles x seeds.
+
+    specmd leaderboard                      # the default sweep on the embedded traces (a few minutes)
+    specmd leaderboard --backend ray        # the same runs on Ray (local, or --address of a cluster)
+
+Writes to ``--out`` (default ``experiments/results/``):
+
+* ``runs.csv``: one row per run (settings, reward, every metric). Rows are appended (fsync) as runs
+  finish; a restarted sweep skips the runs already there (by run id) and redoes a torn last line; at
+  the end the file is rewritten in canonical order, so the same sweep always gives the same bytes.
+* ``leaderboard.md``: the ranked table (normalised score, reward, hit rates, collision misses, stall,
+  TTFT, TPOT; mean and 95% bootstrap interval) and the normalised score by capacity, hardware, trace.
+* ``hit_rate_vs_capacity.png``, ``collisions_least_stale_vs_lru.png``, ``ttft_by_hardware.png``.
+
+Scoring (normalisation, intervals): :mod:`experiments.stats`. Seeds and request samples, run ids and
+the file: :mod:`experiments.sweep`. Backends: :mod:`experiments.backends`. Learned agents:
+:mod:`experiments.learned`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from specmd_env.errors import SpecMDError
+from specmd_env.reward import RewardWeights
+
+from experiments import stats
+from experiments.backends import BACKENDS, default_workers, iter_results
+from experiments.sweep import EVICTIONS, PREFETCHES, RunLog, build_grid
+
+DEFAULT_TRACES = ["olmoe-synthetic", "mixtral-synthetic"]  # qwen3-synthetic: add with --traces (its Belady runs at 25% take minutes)
+DEFAULT_CAPACITIES = [0.01, 0.05, 0.25]
+DEFAULT_PROFILES = ["paper-a100-5gbps", "a100-pcie4", "h100-pcie5"]
+DEFAULT_SEEDS = [0, 1, 2, 3, 4]
+DEFAULT_SAMPLE_FRAC = 0.8
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+CSV_NAME, MD_NAME = "runs.csv", "leaderboard.md"
+
+
+def _seeds(text: str) -> list[int]:
+    """'0 1 2', '0,1,2' or '0-4'."""
+    out = []
+    for part in text.replace(",", " ").split():
+        if "-" in part.strip("-"):
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--traces", nargs="+", default=DEFAULT_TRACES, metavar="TRACE",
+                        help="catalog names or .npz paths")
+    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                        help="model per trace (default: each trace's own)")
+    parser.add_argument("--capacities", nargs="+", type=float, default=DEFAULT_CAPACITIES, metavar="FRAC",
+                        help="cache capacity, fraction of all routed-expert bytes")
+    parser.add_argument("--hardware", "--profiles", nargs="+", default=DEFAULT_PROFILES, metavar="PROFILE",
+                        dest="hardware", help="hardware profiles (specmd_env/data/hardware.toml)")
+    parser.add_argument("--evictions", nargs="+", default=list(EVICTIONS), metavar="POLICY",
+                        help="eviction policies (belady, belady-bypass are oracles)")
+    parser.add_argument("--prefetches", nargs="+", default=list(PREFETCHES), metavar="PREFETCHER",
+                        help="prefetchers (oracle is an oracle)")
+    parser.add_argument("--seeds", type=_seeds, default=DEFAULT_SEEDS, metavar="SEEDS",
+                        help="seeds: '0-4', '0,1,2' or '3'")
+    parser.add_argument("--sample-frac", type=float, default=DEFAULT_SAMPLE_FRAC,
+                        help="fraction of a trace's requests each seed replays (1: all, in order)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="parallel workers")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local process pool, or Ray (pip install -e '.[ray]')")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--trained-dir", type=Path, default=None,
+                        help="where learned agents (*.zip) are (default: agents/trained)")
+    parser.add_argument("--no-learned", action="store_true", help="leave learned agents out")
+    parser.add_argument("--learned-requests", type=int, default=1,
+                        help="learned agents (slow: a network call per eviction) are scored, beside every "
+                             "handcrafted policy, on the first N requests of each seed's sample")
+    parser.add_argument("--learned-hardware", nargs="+", default=["paper-a100-5gbps"], metavar="PROFILE",
+                        help="hardware profiles learned agents are scored on")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no table on stdout")
+    parser.add_argument("--run-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow runs down
+
+
+def canonical_command(args) -> str:
+    """The command, with only the settings that change results (not --out, --workers, --backend)."""
+    parts = ["specmd leaderboard"]
+
+    def add(flag, value, default):
+        if value != default:
+            parts.append(f"{flag} {' '.join(str(v) for v in value) if isinstance(value, list) else value}")
+
+    add("--traces", [str(t) for t in args.traces], DEFAULT_TRACES)
+    if args.models:
+        add("--models", args.models, None)
+    add("--capacities", [f"{c:g}" for c in args.capacities], [f"{c:g}" for c in DEFAULT_CAPACITIES])
+    add("--hardware", args.hardware, DEFAULT_PROFILES)
+    add("--evictions", args.evictions, list(EVICTIONS))
+    add("--prefetches", args.prefetches, list(PREFETCHES))
+    add("--seeds", ",".join(map(str, args.seeds)), ",".join(map(str, DEFAULT_SEEDS)))
+    add("--sample-frac", f"{args.sample_frac:g}", f"{DEFAULT_SAMPLE_FRAC:g}")
+    if args.no_learned:
+        parts.append("--no-learned")
+    else:
+        add("--learned-requests", args.learned_requests, 1)
+        add("--learned-hardware", args.learned_hardware, ["paper-a100-5gbps"])
+    return " ".join(parts)
+
+
+def _validate(args) -> None:
+    from specmd_env.hardware import list_profiles
+    unknown = sorted(set(args.hardware) - set(list_profiles()))
+    if unknown:
+        raise SpecMDError(f"unknown hardware profile(s) {unknown}; known: {', '.join(list_profiles())}")
+    bad = sorted(set(args.evictions) - set(EVICTIONS))
+    if bad:
+        raise SpecMDError(f"unknown eviction policies {bad}; known: {', '.join(EVICTIONS)}")
+    bad = sorted(set(args.prefetches) - set(PREFETCHES))
+    if bad:
+        raise SpecMDError(f"unknown prefetchers {bad}; known: {', '.join(PREFETCHES)}")
+    if not all(0 < c <= 1 for c in args.capacities):
+        raise SpecMDError(f"capacities must be fractions in (0, 1], got {args.capacities}")
+    if not 0 < args.sample_frac <= 1:
+        raise SpecMDError(f"--sample-frac must be in (0, 1], got {args.sample_frac}")
+    if args.models and len(args.models) != len(args.traces):
+        raise SpecMDError("--models needs one model per trace")
+    if args.workers < 1:
+        raise SpecMDError("--workers must be >= 1")
+    if not args.seeds:
+        raise SpecMDError("--seeds needs at least one seed")
+
+
+# -- formatting -------------------------------------------------------------------------------------
+def _num(x: float, kind: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if kind == "rate":
+        return f"{x:.3f}"
+    if kind == "norm":
+        return f"{x:.3f}"
+    if kind == "count":
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}"
+    if kind == "seconds":
+        return f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
+    if kind == "ms":
+        return f"{x * 1e3:.2f}"
+    if kind == "reward":
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}"
+    return f"{x:.4g}"
+
+
+def _cell(rec, metric, kind) -> str:
+    mean, low, high = rec[metric], rec[f"{metric}_low"], rec[f"{metric}_high"]
+    if isinstance(low, float) and math.isnan(low):
+        return _num(mean, kind)
+    return f"{_num(mean, kind)} [{_num(low, kind)}, {_num(high, kind)}]"
+
+
+TABLE_COLUMNS = [("normalised", "score (Random=0, Belady=1)", "norm"), ("reward", "reward", "reward"),
+                 ("hit_rate", "hit rate", "rate"), ("token_hit_rate", "token hit rate", "rate"),
+                 ("collision_misses", "collision misses", "count"), ("stall_seconds", "stall (s)", "seconds"),
+                 ("mean_ttft_seconds", "TTFT (s)", "seconds"), ("mean_tpot_seconds", "TPOT (ms)", "ms")]
+
+
+def markdown_table(summary: pd.DataFrame, limit: int | None = None) -> str:
+    head = "| rank | policy | " + " | ".join(t for _, t, _ in TABLE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (2 + len(TABLE_COLUMNS))]
+    for _, rec in summary.iterrows():
+        if limit is not None and rec["rank"] > limit:
+            break
+        cells = [_cell(rec, m, k) for m, _, k in TABLE_COLUMNS]
+        lines.append(f"| {rec['rank']} | {rec['policy']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pivot_markdown(table: pd.DataFrame, label: str, fmt=lambda c: str(c)) -> str:
+    cols = list(table.columns)
+    lines = [f"| policy | " + " | ".join(f"{label} {fmt(c)}" for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for policy, row in table.iterrows():
+        lines.append(f"| {policy} | " + " | ".join(_num(row[c], "norm") for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agent_df=None, agent_summary=None) -> str:
+    order = list(summary["policy"])
+    n_cells = df.groupby(stats.STRATUM).ngroups
+    degenerate = int(df[(df["eviction"] == "random") & (df["prefetch"] == "none")]["normalised"].isna().sum())
+    parts = [
+        "# Leaderboard",
+        "",
+        "```bash",
+        canonical_command(args),
+        "```",
+        "",
+        f"Traces: {', '.join(sorted(set(df['trace'])))}. Capacities: "
+        f"{', '.join(f'{c:g}' for c in sorted(set(df['capacity'])))} of all routed-expert bytes. Hardware: "
+        f"{', '.join(sorted(set(df['hardware'])))}. Seeds: {', '.join(map(str, sorted(set(df['seed']))))}; each "
+        f"seed replays a sample of {args.sample_frac:g} of each trace's requests (drawn without replacement, "
+        f"kept in trace order) and seeds the Random policy. {len(df)} runs in {n_cells} "
+        f"(trace, capacity, hardware) cells.",
+        "",
+        "**Score** = (R - R_random) / (R_belady - R_random), per (trace, capacity, hardware, seed), where R is "
+        "`RewardWeights().score(result)` (reward = -(1 x collision misses + 100 x stall seconds); higher is "
+        "better), R_random is Random eviction without prefetching and R_belady is Belady's MIN oracle "
+        "(`belady`, always admits) without prefetching, both with the same seed. So Random + none = 0 and "
+        "Belady + none = 1 in every cell; `belady-bypass` (which may decline to cache a missed expert) is the "
+        "true demand-only optimum and can score above 1. "
+        + (f"{degenerate} cell(s) where the two anchors tie are left out of the score. " if degenerate else "")
+        + "Every column is the mean over (trace, capacity, hardware) cells of the mean over seeds; brackets: "
+        "95% stratified percentile bootstrap (`scipy.stats.bootstrap`, resampling seeds -- request samples "
+        "and Random's draws -- within each cell). Reward, collision misses and stall are totals per replay, "
+        "so traces of different sizes weigh differently in those columns; the score is scale-free. "
+        "Hit rate is per layer event; token hit rate per token access (see `specmd_env/result.py`). "
+        "Policies marked (oracle) read the future.",
+        "",
+        markdown_table(summary),
+        "",
+        "## Score by capacity",
+        "",
+        pivot_markdown(stats.pivot_normalised(df, "capacity", order), "cap", lambda c: f"{c:g}"),
+        "",
+        "## Score by hardware profile",
+        "",
+        pivot_markdown(stats.pivot_normalised(df, "hardware", order), ""),
+        "",
+        "## Score by trace",
+        "",
+        pivot_markdown(stats.pivot_normalised(df, "trace", order), ""),
+        "",
+        "## Files",
+        "",
+        f"`{CSV_NAME}` (one row per run; `run_id` hashes every setting), `hit_rate_vs_capacity.png`, "
+        "`collisions_least_stale_vs_lru.png`, `ttft_by_hardware.png`.",
+    ]
+    if agent_summary is not None:
+        cells = sorted({(t, c, h) for t, c, h in zip(agent_df["trace"], agent_df["capacity"], agent_df["hardware"])})
+        parts[parts.index("## Score by capacity"):parts.index("## Score by capacity")] = [
+            "## Learned agents",
+            "",
+            "A learned agent makes every eviction decision through its network (milliseconds each, tens of "
+            "thousands per full replay), so it is scored on its own cell -- the model, capacity and hardware it "
+            f"fits ({'; '.join(f'{t}, capacity {c:g}, {h}' for t, c, h in cells)}), replaying the first "
+            f"{args.learned_requests} requests of each seed's sample -- beside every handcrafted policy and oracle "
+            "rerun on exactly that workload (same score definition, anchors from that cell). Agents were trained "
+            "on the trace's train split, so some of these requests were seen in training.",
+            "",
+            markdown_table(agent_summary),
+            "",
+        ]
+    if notes:
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(parts) + "\n"
+
+
+# -- the command --------------------------------------------------------------------------------------
+def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
+    """Run (or resume) the sweep; return the rows of this sweep's runs and notes for the report."""
+    _validate(args)
+    notes: list[str] = []
+    specs = build_grid(args.traces, args.capacities, args.hardware, args.evictions, args.prefetches, args.seeds,
+                       sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
+                       delay=args.run_delay)
+    from experiments.sweep import load, trace_label_and_ref
+    for trace in args.traces:
+        if load(trace_label_and_ref(trace)[1]).spec_scores is None and {"topk", "score"} & set(args.prefetches):
+            notes.append(f"trace {trace} has no speculative scores: topk and score prefetching left out for it")
+    if not args.no_learned:
+        from experiments.learned import agent_specs
+        messages: list[str] = []
+
+        def note(message):
+            messages.append(message)
+            log(message)
+        hardware = tuple(h for h in args.learned_hardware if h in args.hardware)
+        specs += agent_specs(specs, args.trained_dir, log=note, max_requests=args.learned_requests,
+                             hardware=hardware)
+        notes += [m.removeprefix("leaderboard: ") for m in messages]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    with RunLog(out / CSV_NAME) as runs:
+        pending = [s for s in specs if s.run_id not in runs]
+        pending.sort(key=lambda s: not s.agent)   # slow learned-agent runs first: no long tail at the end
+        log(f"leaderboard: {len(specs)} runs, {len(specs) - len(pending)} already in {out / CSV_NAME}, "
+            f"{len(pending)} to run on {args.backend} ({args.workers} worker(s))")
+        results = iter_results(pending, backend=args.backend, workers=args.workers, address=args.address)
+        if not args.quiet and pending:
+            from tqdm import tqdm
+            results = tqdm(results, total=len(pending), unit="run", smoothing=0.05, file=sys.stderr)
+        for row in results:
+            if "error" in row:
+                failed.append(row["error"])
+                continue
+            runs.append(row)
+        runs.finalise()
+        wanted = [s.run_id for s in specs]
+        rows = [runs.rows[r] for r in wanted if r in runs.rows]
+    if failed:
+        agents = sorted({f.split(":")[1] for f in failed})
+        msg = f"{len(failed)} learned-agent run(s) failed and were skipped ({', '.join(agents)}): {failed[0]}"
+        log("leaderboard: " + msg)
+        notes.append(msg)
+    return pd.DataFrame.from_records(rows), notes
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    df, notes = sweep(args, log=print if not args.quiet else (lambda *_: None))
+    if df.empty:
+        raise SpecMDError("no runs: check --traces, --evictions, --prefetches")
+    out = Path(args.out)
+    from experiments.learned import is_agent_cell
+    df = stats.add_normalised(df)
+    agent_cells = df["trace"].map(is_agent_cell)
+    main_df, agent_df = df[~agent_cells], df[agent_cells]
+    summary = stats.summarise(main_df)
+    agent_summary = stats.summarise(agent_df) if (agent_df["agent"] != "").any() else None
+    (out / MD_NAME).write_text(render(main_df, summary, args, notes, agent_df, agent_summary))
+    if not args.no_plots:
+        from experiments.plots import make_all
+        make_all(main_df, out)
+    if not args.quiet:
+        print(markdown_table(summary))
+        if agent_summary is not None:
+            print("\nLearned agents, on their cell:\n" + markdown_table(agent_summary))
+        print(f"\nleaderboard: {len(df)} runs; wrote {out / MD_NAME}, {out / CSV_NAME}"
+              f"{'' if args.no_plots else ' and plots'} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.leaderboard", description=__doc__.splitlines()[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SpecMDError as exc:
+        print(f"leaderboard: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

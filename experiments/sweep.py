@@ -1,0 +1,327 @@
+"""The leaderboard's grid of runs, how one run executes, and the append-only, resumable results file.
+
+A *run* is one ``simulate()`` call: (trace, capacity, hardware, eviction, prefetch, seed). Its id is a
+hash of every setting that can change its numbers (including the trace's content fingerprint and the
+reward weights), so a restarted sweep skips exactly the runs already in the file.
+
+Seeds. A seed picks the replayed requests: ``sample_frac`` of the trace's requests drawn without
+replacement (kept in trace order) by ``numpy.random.default_rng([seed, n_requests])``, and it seeds the
+Random policy. The same seed gives the same requests for every policy of a cell, so policies are
+compared on the same workload; different seeds are different request samples, so confidence
+intervals over seeds cover both policy randomness and request sampling. ``sample_frac = 1`` replays
+every request in order (seeds then matter only for Random).
+
+The file (``runs.csv``). Each finished run is appended as one line and flushed + fsynced before the
+next is recorded; a kill loses at most the line being written. On start, :func:`load_rows` keeps the
+complete, well-formed rows (a torn last line is dropped, so that run is redone) and the file is
+rewritten without the torn tail. At the end, :func:`finalise` rewrites it sorted by run settings
+(atomic rename), so the same sweep always leaves a byte-identical file whatever the completion order.
+Floats are written with ``repr`` (shortest round-trip form): no precision is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from specmd_env.reward import RewardWeights
+
+SCHEMA = 1  # bump when a run's meaning changes (invalidates every stored run id)
+
+EVICTIONS = ("lru", "fifo", "lfu", "random", "least-stale", "belady", "belady-bypass")
+PREFETCHES = ("none", "topk", "score", "oracle")
+ORACLE_EVICTIONS = frozenset({"belady", "belady-bypass"})
+ORACLE_PREFETCHES = frozenset({"oracle"})
+
+SETTING_COLUMNS = ("run_id", "trace", "model", "hardware", "capacity", "eviction", "prefetch", "seed",
+                   "sample_frac", "agent", "oracle")
+METRIC_COLUMNS = ("reward", "hit_rate", "token_hit_rate", "collision_misses", "stall_seconds",
+                  "mean_ttft_seconds", "mean_tpot_seconds", "capacity_slots", "requests", "accesses", "hits",
+                  "misses", "compulsory_misses", "capacity_misses", "late_prefetch_misses", "prefetches_issued",
+                  "prefetches_used", "prefetches_wasted", "prefetches_skipped", "transfers", "bypassed",
+                  "dropped_experts", "evictions", "token_accesses", "total_seconds", "prompt_tokens",
+                  "output_tokens")
+COLUMNS = SETTING_COLUMNS + METRIC_COLUMNS
+INT_COLUMNS = frozenset({"seed", "capacity_slots", "requests", "accesses", "hits", "misses", "compulsory_misses",
+                         "capacity_misses", "collision_misses", "late_prefetch_misses", "prefetches_issued",
+                         "prefetches_used", "prefetches_wasted", "prefetches_skipped", "transfers", "bypassed",
+                         "dropped_experts", "evictions", "token_accesses", "prompt_tokens", "output_tokens",
+                         "oracle"})
+FLOAT_COLUMNS = frozenset({"capacity", "sample_frac", "reward", "hit_rate", "token_hit_rate", "stall_seconds",
+                           "mean_ttft_seconds", "mean_tpot_seconds", "total_seconds"})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs; picklable, so it travels to process-pool and Ray workers."""
+
+    trace: str              # label in the table (catalog name, or the file's stem)
+    trace_ref: str          # what the worker loads: a catalog name or an absolute path
+    trace_fingerprint: str
+    model: str
+    hardware: str
+    capacity: float
+    eviction: str
+    prefetch: str
+    seed: int
+    sample_frac: float
+    requests: tuple[int, ...] | None   # trace request indices, or None for all
+    weights: tuple[float, float, float]  # RewardWeights (collision, latency, miss)
+    agent: str = ""         # learned agent name ('' for handcrafted policies); eviction is then 'learned:<name>'
+    agent_path: str = ""
+    delay: float = 0.0      # test hook: seconds to sleep before the run (never part of the id)
+
+    @property
+    def oracle(self) -> bool:
+        return self.eviction in ORACLE_EVICTIONS or self.prefetch in ORACLE_PREFETCHES
+
+    @property
+    def run_id(self) -> str:
+        key = asdict(self)
+        for name in ("trace_ref", "agent_path", "delay"):  # where a file lies or how fast: not what it measures
+            key.pop(name)
+        key["schema"] = SCHEMA
+        text = json.dumps(key, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def sort_key(self) -> tuple:
+        return (self.trace, self.capacity, self.hardware, self.eviction, self.prefetch, self.seed, self.run_id)
+
+
+# -- traces ------------------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def load(trace_ref: str):
+    """A trace by catalog name or path, cached per process (workers load each trace once)."""
+    from specmd_env.catalog import get_trace
+    return get_trace(trace_ref)
+
+
+def trace_label_and_ref(trace: str) -> tuple[str, str]:
+    from specmd_env.catalog import TRACES
+    if trace in TRACES:
+        return trace, trace
+    path = Path(trace).resolve()
+    return path.stem, str(path)
+
+
+@lru_cache(maxsize=16)
+def fingerprint(trace_ref: str) -> str:
+    """A content hash of the routing (experts, request layout, spec scores): the trace's identity in run ids."""
+    t = load(trace_ref)
+    h = hashlib.sha256()
+    for array in (t.expert_ids, t.request_offsets, t.prompt_lengths, t.spec_scores, t.gate_weights):
+        if array is not None:
+            a = np.ascontiguousarray(array)
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+    h.update(str(t.model).encode())
+    return h.hexdigest()[:16]
+
+
+def sample_requests(num_requests: int, seed: int, sample_frac: float) -> tuple[int, ...] | None:
+    """The request indices seed ``seed`` replays (None: all, in order). See the module docstring."""
+    if not 0 < sample_frac <= 1:
+        raise ValueError(f"sample_frac must be in (0, 1], got {sample_frac!r}")
+    if sample_frac == 1:
+        return None
+    m = max(1, int(round(sample_frac * num_requests)))
+    rng = np.random.default_rng([seed, num_requests])
+    return tuple(int(i) for i in np.sort(rng.choice(num_requests, size=m, replace=False)))
+
+
+def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sample_frac=0.8,
+               weights: RewardWeights = RewardWeights(), models=None, delay: float = 0.0) -> list[RunSpec]:
+    """Every (trace, capacity, hardware, eviction, prefetch, seed) run, in a fixed order.
+
+    models: optional model name per trace (default: each trace's own model). Prefetchers that need
+    speculative scores are left out for traces that have none (and said so by the caller)."""
+    from specmd_env.models import get_model
+
+    specs = []
+    w = (float(weights.collision), float(weights.latency), float(weights.miss))
+    for i, trace in enumerate(traces):
+        label, ref = trace_label_and_ref(trace)
+        t = load(ref)
+        model = get_model(models[i] if models else t.model).name
+        fp = fingerprint(ref)
+        for seed in seeds:
+            requests = sample_requests(t.num_requests, int(seed), sample_frac)
+            for capacity in capacities:
+                for hw in hardware:
+                    for ev in evictions:
+                        for pf in prefetches:
+                            if pf in ("topk", "score") and t.spec_scores is None:
+                                continue
+                            specs.append(RunSpec(label, ref, fp, model, hw, float(capacity), ev, pf, int(seed),
+                                                 float(sample_frac), requests, w, delay=delay))
+    specs.sort(key=RunSpec.sort_key)
+    return specs
+
+
+# -- one run -----------------------------------------------------------------------------------------
+def execute(spec: RunSpec) -> dict:
+    """Run one spec and return its CSV row (a dict keyed by COLUMNS). Deterministic in the spec."""
+    from specmd_env.simulate import simulate
+
+    if spec.delay:
+        time.sleep(spec.delay)
+    trace = load(spec.trace_ref)
+    if spec.agent:
+        from experiments.learned import run_agent
+        try:
+            result = run_agent(spec, trace)
+        except Exception as exc:  # a learned agent that fails is skipped with a note, never fatal
+            return {"run_id": spec.run_id, "error": f"{spec.eviction}: {type(exc).__name__}: {exc}"}
+    else:
+        result = simulate(trace, model=spec.model, hardware=spec.hardware, capacity=spec.capacity,
+                          eviction=spec.eviction, prefetch=spec.prefetch, seed=spec.seed,
+                          requests=None if spec.requests is None else list(spec.requests))
+    weights = RewardWeights(*spec.weights)
+    metrics = result.as_dict()
+    row = {"run_id": spec.run_id, "trace": spec.trace, "model": spec.model, "hardware": spec.hardware,
+           "capacity": spec.capacity, "eviction": spec.eviction, "prefetch": spec.prefetch, "seed": spec.seed,
+           "sample_frac": spec.sample_frac, "agent": spec.agent, "oracle": int(spec.oracle),
+           "reward": weights.score(result),
+           "requests": len(result.ttft_seconds)}
+    for name in METRIC_COLUMNS:
+        if name not in row:
+            row[name] = metrics[name]
+    return row
+
+
+# -- the results file --------------------------------------------------------------------------------
+def _format(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def format_row(row: dict) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([_format(row[c]) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def header() -> str:
+    return ",".join(COLUMNS) + "\n"
+
+
+def _parse(record: list[str]) -> dict | None:
+    if len(record) != len(COLUMNS):
+        return None
+    row = dict(zip(COLUMNS, record))
+    try:
+        for c in INT_COLUMNS:
+            row[c] = int(row[c])
+        for c in FLOAT_COLUMNS:
+            row[c] = float(row[c])
+    except ValueError:
+        return None
+    if len(row["run_id"]) != 16:
+        return None
+    return row
+
+
+def load_rows(path: Path) -> dict[str, dict]:
+    """The complete rows of a results file, by run id. A torn last line (no newline: the process was
+    killed while writing it) and malformed lines are ignored; a file with another header is an error."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    if not text:
+        return {}
+    lines = text.split("\n")
+    # After split, the last element is '' when the file ends with a newline; otherwise it is a torn line.
+    complete = lines[:-1]
+    if not complete:
+        return {}
+    if complete[0] + "\n" != header():
+        raise ValueError(f"{path} has a different header (another schema?); move it away or pick another --out")
+    rows: dict[str, dict] = {}
+    for record in csv.reader(complete[1:]):
+        row = _parse(record)
+        if row is not None:
+            rows.setdefault(row["run_id"], row)
+    return rows
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _sort_key(row: dict) -> tuple:
+    return (row["trace"], row["capacity"], row["hardware"], row["eviction"], row["prefetch"], row["seed"],
+            row["run_id"])
+
+
+def write_rows(path: Path, rows) -> None:
+    """Rewrite the file with ``rows`` in canonical (sorted) order, atomically."""
+    ordered = sorted(rows, key=_sort_key)
+    _atomic_write(Path(path), header() + "".join(format_row(r) for r in ordered))
+
+
+class RunLog:
+    """The append-only results file of a sweep: ``open`` (keeps finished runs, drops a torn tail),
+    ``append`` (one fsynced line per run), ``finalise`` (canonical order)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = load_rows(self.path)
+        write_rows(self.path, self.rows.values())   # drops any torn or malformed line before appending
+        self._fh = open(self.path, "a")
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self.rows
+
+    def append(self, row: dict) -> None:
+        if row["run_id"] in self.rows:
+            return
+        self._fh.write(format_row(row))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows[row["run_id"]] = row
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def finalise(self) -> None:
+        self.close()
+        write_rows(self.path, self.rows.values())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
