@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # Eviction policy codes --------------------------------------------------------------------------------
 EXTERNAL, LRU, FIFO, LFU, RANDOM, LEAST_STALE, BELADY, BELADY_BYPASS = -1, 0, 1, 2, 3, 4, 5, 6
@@ -107,6 +109,22 @@ def new_state(capacity: int, num_objects: int, num_experts: int, num_scopes: int
     return ist, fst, slot_i, slot_f, obj_i, met, work, lists
 
 
+@intrinsic
+def _borrow(typingctx, arr):
+    """The same array without its reference-counted owner, so that passing it around (every inlined
+    helper binds its array arguments anew) costs no atomic reference counting -- which otherwise took
+    most of the kernel's time. Valid only while the caller keeps the original alive: use it on the
+    kernel's own arguments, never return or store the result."""
+    def codegen(context, builder, sig, args):
+        src = context.make_array(arr)(context, builder, value=args[0])
+        dst = context.make_array(arr)(context, builder)
+        for name in ("parent", "nitems", "itemsize", "data", "shape", "strides"):
+            setattr(dst, name, getattr(src, name))
+        dst.meminfo = cgutils.get_null_value(dst.meminfo.type)
+        return dst._getvalue()
+    return arr(arr), codegen
+
+
 @njit(cache=True, inline="always")
 def _rand_below(ist, n):
     """xorshift64* in the state array, so every replay (and environment) has its own stream."""
@@ -118,7 +136,7 @@ def _rand_below(ist, n):
     return np.int64((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(33)) % n
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def scope_range(cfg_i, layer):
     """Slots a layer may use: all of them (one shared cache) or the layer's fixed share."""
     capacity = cfg_i[C_CAPACITY]
@@ -156,7 +174,7 @@ def _candidate(slot_i, slot_f, s, timed, t_decision):
                                                         and slot_f[SL_READY, s] <= t_decision))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _choose_victim(cfg_i, ist, slot_i, slot_f, obj_i, lists, occ_ptr, occ_pos, lo, hi, t_decision, position):
     """The policy's victim among the scope's candidates (-1 if none). LRU, FIFO and Least-Stale take
     the first candidate from the head of their ordered list; the others scan, ties to least recent use.
@@ -195,7 +213,7 @@ def _choose_victim(cfg_i, ist, slot_i, slot_f, obj_i, lists, occ_ptr, occ_pos, l
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _earliest_free(cfg_i, slot_i, slot_f, lo, hi):
     """Streaming: when no slot is free now, the time the first one becomes evictable."""
     t = INF
@@ -366,6 +384,11 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
     prefetch for layer l + lookahead: the caller writes them to ``work[:n]``, sets ``ist[I_PF_COUNT]``
     to n, ``ist[I_PF_READY]`` to 1 and ``ist[I_PENDING]`` to 0, and calls again.
     """
+    ev_ptr, ev_obj, ev_count, ev_pass = _borrow(ev_ptr), _borrow(ev_obj), _borrow(ev_count), _borrow(ev_pass)
+    ev_dense, ev_est, pf_ptr, pf_obj = _borrow(ev_dense), _borrow(ev_est), _borrow(pf_ptr), _borrow(pf_obj)
+    occ_ptr, occ_pos, cfg_i, cfg_f, ist = _borrow(occ_ptr), _borrow(occ_pos), _borrow(cfg_i), _borrow(cfg_f), _borrow(ist)
+    fst, slot_i, slot_f, obj_i, lists = _borrow(fst), _borrow(slot_i), _borrow(slot_f), _borrow(obj_i), _borrow(lists)
+    met, work, pass_end = _borrow(met), _borrow(work), _borrow(pass_end)
     num_events = len(ev_ptr) - 1
     num_layers = cfg_i[C_LAYERS]
     external = cfg_i[C_POLICY] == EXTERNAL
@@ -508,7 +531,7 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
     return DONE
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _choose_victim_exists(cfg_i, slot_i, slot_f, lo, hi, t_decision):
     timed = cfg_i[C_PER_ACCESS] == 0
     for s in range(lo, hi):
@@ -517,7 +540,7 @@ def _choose_victim_exists(cfg_i, slot_i, slot_f, lo, hi, t_decision):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _prefetch_budget(cfg_i, cfg_f, fst, ev_dense, ev_est, e, num_layers):
     """How many transfers may be issued for layer l+d: a fixed count, or (C_BUDGET < 0) as many as
     the copy engine can start before that layer's router is estimated to run."""

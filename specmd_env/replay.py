@@ -100,6 +100,12 @@ class Replay:
             self.eviction_label, code, self.eviction_is_oracle = policy.label, policy.code, policy.is_oracle
         self.needs_next_use = code in (kernel.BELADY, kernel.BELADY_BYPASS) or code == kernel.EXTERNAL
         self.seed = _positive_int("seed", seed, minimum=0)
+        if requests is not None:
+            chosen = np.asarray(requests)
+            if chosen.ndim != 1 or (chosen.size and (chosen.dtype.kind not in "iu" or chosen.min() < 0
+                                                     or chosen.max() >= trace.num_requests)):
+                raise SpecMDError(f"requests must be a list of trace request indices in [0, {trace.num_requests}), "
+                                  f"got {requests!r:.120}")
 
         self.plan: PassPlan = plan_passes(trace, self.batch_size, requests)
         cfg_i = np.zeros(kernel.N_CFG_I, np.int64)

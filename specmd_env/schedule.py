@@ -165,6 +165,18 @@ def _layer_events(ids, ntok, num_experts):
     return ev_ptr, ev_obj[:n].copy(), ev_count[:n].copy()
 
 
+@njit(cache=True)
+def _event_estimates(ev_ptr, ev_count, per_count, ev_dense):
+    """Each event's estimated duration: its dense part plus the compute time of every expert it needs."""
+    est = ev_dense.copy()
+    for e in range(len(ev_ptr) - 1):
+        total = 0.0
+        for j in range(ev_ptr[e], ev_ptr[e + 1]):
+            total += per_count[ev_count[j]]
+        est[e] += total
+    return est
+
+
 def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec, hardware: HardwareProfile,
                 *, with_spec: bool, with_next_use: bool) -> Chunk:
     L, E = model.num_layers, model.num_experts
@@ -180,8 +192,10 @@ def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec
     kv_tokens = np.where(plan.pass_kind[p0:p1] == PREFILL, ntok, plan.pass_attended[p0:p1])
     dense = hardware.dense_seconds(model, ntok, plan.pass_attended[p0:p1], kv_tokens)
     ev_dense = np.repeat(dense, L).astype(np.float64)
-    expert_time = hardware.expert_seconds(model, ev_count.astype(np.float64))
-    ev_est = ev_dense + np.add.reduceat(expert_time, ev_ptr[:-1]) if len(expert_time) else ev_dense
+    # an expert's compute time depends only on its token count: look it up rather than evaluate per access
+    per_count = np.asarray(hardware.expert_seconds(model, np.arange(int(ev_count.max(initial=0)) + 1, dtype=np.float64)),
+                           np.float64)
+    ev_est = _event_estimates(ev_ptr, ev_count, per_count, ev_dense)
 
     spec = None
     if with_spec:

@@ -31,10 +31,12 @@ per request), ``description``, and any extra keys the producer adds.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,17 @@ def validate(trace: Trace) -> None:
             if not np.all(np.isfinite(scores)) or np.any(scores < 0) or np.any(scores > 1.001):
                 t, layer, e = np.argwhere(~np.isfinite(scores) | (scores < 0) | (scores > 1.001))[0]
                 _fail(f"spec_scores[{start + t}, {layer}, {e}]={scores[t, layer, e]} must be a probability in [0, 1]")
+        for array in (ids, trace.gate_weights, trace.spec_scores):
+            _drop_pages(array)
+
+
+def _drop_pages(array) -> None:
+    """Validation reads every page of a memory-mapped trace; let the kernel drop the pages read so far
+    (read-only file mappings only: they are refetched on demand), so checking a large trace does not
+    leave it all resident (RSS stays small after load_trace)."""
+    mapping = getattr(array, "_mmap", None)
+    if isinstance(array, np.memmap) and array.mode == "r" and mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _check_array(name: str, array: np.ndarray, shape: tuple | None) -> None:
@@ -272,7 +285,7 @@ def load_trace(path: str | os.PathLike, *, mmap: bool = True) -> Trace:
             extra = sorted(set(zf.namelist()) - {n + ".npy" for n in _MEMBER_DTYPES})
     except TraceFormatError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error,
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error, zlib.error,
             NotImplementedError, RuntimeError, KeyError, MemoryError) as exc:
         raise TraceFormatError(f"{path}: not a readable specmd trace ({type(exc).__name__}: {exc})") from None
     if extra:
