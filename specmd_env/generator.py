@@ -359,7 +359,18 @@ def iter_generate(model: str | ModelSpec = "olmoe-1b-7b", *, domains: Sequence[s
     """Generate a synthetic trace as a sequence of chunk traces (each holds whole requests, in order).
 
     Memory is bounded by ``chunk_tokens`` (default: about 96 MiB of float32 work arrays). Concatenating
-    the chunks gives what :func:`generate_trace` returns. Arguments: see :func:`generate_trace`.
+    the chunks gives what :func:`generate_trace` returns.
+
+    ``prompt_len`` / ``decode_len``: an int or an inclusive ``(min, max)`` range drawn per request.
+    ``spec_accuracy``: the top-k accuracy of the speculative scores (published predictors: ~0.55-0.97).
+    ``persistence``: AR(1) coefficient of the latent along tokens; None = fitted per domain for OLMoE to
+    ``target_overlap_l0`` shared experts between consecutive tokens at layer 0, else 0.6.
+    ``crosslayer_strength``: weight of the previous layer's choice in the next layer's logits at layer 1;
+    it grows linearly to ``crosslayer_strength * (1 + crosslayer_depth_gain)`` at the last layer.
+    ``spec_quantum``: round spec-score probabilities to multiples of this (e.g. 2**-10) so compressed files
+    stay small; the accuracy is fitted on the rounded values. None keeps full float16 precision.
+    ``cv_range`` / ``rho_range``: load CV and domain-specific share at the first/last layer, used only
+    where no AllenAI counts calibrate the model and domain.
     """
     spec = get_model(model)
     domains = tuple(domains)
@@ -487,29 +498,10 @@ def concat_traces(chunks: Sequence[Trace]) -> Trace:
                  spec_scores=cat("spec_scores"))
 
 
-def generate_trace(model: str | ModelSpec = "olmoe-1b-7b", *, domains: Sequence[str] = ALLENAI_DOMAINS,
-                   requests_per_domain: int = 4, prompt_len=128, decode_len=32, seed: int = 0,
-                   spec_accuracy: float = 0.9, with_spec_scores: bool = True, structure_seed: int = 0,
-                   noise_scale: float = 1.0, crosslayer_strength: float = 1.0, crosslayer_depth_gain: float = 1.5,
-                  persistence: float | None = None,
-                   target_overlap_l0: float = 2.55, decode_persistence_boost: float = 0.0,
-                   cv_range: tuple[float, float] = (0.6, 0.9), rho_range: tuple[float, float] = (0.3, 0.8),
-                   spec_quantum: float | None = None, chunk_tokens: int | None = None) -> Trace:
-    """A synthetic routing trace for any model in ``data/models.toml``. See the module docstring.
-
-    ``prompt_len`` / ``decode_len``: an int or an inclusive ``(min, max)`` range drawn per request.
-    ``spec_accuracy``: the top-k accuracy of the speculative scores (published predictors: ~0.55-0.97).
-    ``persistence``: AR(1) coefficient of the latent along tokens; None = fitted per domain for OLMoE to
-    ``target_overlap_l0`` shared experts between consecutive tokens at layer 0, else 0.6.
-    ``crosslayer_strength``: weight of the previous layer's choice in the next layer's logits at layer 1;
-    it grows linearly to ``crosslayer_strength * (1 + crosslayer_depth_gain)`` at the last layer.
-    ``spec_quantum``: round spec-score probabilities to multiples of this (e.g. 2**-10) so compressed files
-    stay small; the accuracy is fitted on the rounded values. None keeps full float16 precision.
-    ``cv_range`` / ``rho_range``: load CV and domain-specific share at the first/last layer, used only
-    where no AllenAI counts calibrate the model and domain.
-    """
-    args = {k: v for k, v in locals().items()}
-    return concat_traces(list(iter_generate(**args)))
+def generate_trace(model: str | ModelSpec = "olmoe-1b-7b", **options) -> Trace:
+    """A synthetic routing trace for any model in ``data/models.toml``, in memory. Takes the same keyword
+    arguments as :func:`iter_generate` (which documents them) and concatenates its chunks."""
+    return concat_traces(list(iter_generate(model, **options)))
 
 
 def write_trace(path: str | os.PathLike, *, compress: bool = False, **kwargs) -> Path:

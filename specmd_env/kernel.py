@@ -245,22 +245,30 @@ def _scope_of(cfg_i, slot):
 
 
 @njit(cache=True, inline="always")
-def _to_tail(slot_i, lists, prev_row, next_row, head_row, scope, s):
-    """Move slot ``s`` to the tail (newest end) of one of its scope's ordered lists."""
-    tail_row = head_row + 1
-    if lists[tail_row, scope] == s:
-        return
+def _unlink(slot_i, lists, prev_row, next_row, head_row, scope, s):
+    """Take slot ``s`` out of one of its scope's ordered lists (rows head_row / head_row + 1 of
+    ``lists`` hold the list's head and tail)."""
     p, n = slot_i[prev_row, s], slot_i[next_row, s]
     if p >= 0:
         slot_i[next_row, p] = n
     else:
         lists[head_row, scope] = n
-    slot_i[prev_row, n] = p
-    t = lists[tail_row, scope]
+    if n >= 0:
+        slot_i[prev_row, n] = p
+    else:
+        lists[head_row + 1, scope] = p
+
+
+@njit(cache=True, inline="always")
+def _to_tail(slot_i, lists, prev_row, next_row, head_row, scope, s):
+    """Move slot ``s`` to the tail (newest end) of one of its scope's ordered lists."""
+    if lists[head_row + 1, scope] == s:
+        return
+    _unlink(slot_i, lists, prev_row, next_row, head_row, scope, s)
+    t = lists[head_row + 1, scope]
     slot_i[next_row, t] = s
-    slot_i[prev_row, s] = t
-    slot_i[next_row, s] = -1
-    lists[tail_row, scope] = s
+    slot_i[prev_row, s], slot_i[next_row, s] = t, -1
+    lists[head_row + 1, scope] = s
 
 
 @njit(cache=True, inline="always")
@@ -268,16 +276,10 @@ def _to_head(slot_i, lists, prev_row, next_row, head_row, scope, s):
     """Move slot ``s`` to the head (first victim) of one of its scope's ordered lists."""
     if lists[head_row, scope] == s:
         return
-    p, n = slot_i[prev_row, s], slot_i[next_row, s]
-    slot_i[next_row, p] = n  # p >= 0: s is not the head
-    if n >= 0:
-        slot_i[prev_row, n] = p
-    else:
-        lists[head_row + 1, scope] = p
+    _unlink(slot_i, lists, prev_row, next_row, head_row, scope, s)
     h = lists[head_row, scope]
     slot_i[prev_row, h] = s
-    slot_i[next_row, s] = h
-    slot_i[prev_row, s] = -1
+    slot_i[prev_row, s], slot_i[next_row, s] = -1, h
     lists[head_row, scope] = s
 
 
