@@ -20,6 +20,14 @@ TRACES: dict[str, dict] = {
         "description": "Synthetic OLMoE-1B-7B routing over AllenAI's five domains, calibrated to AllenAI's "
                        "published OLMoE routing counts; with gate weights and spec scores (accuracy 0.9).",
     },
+    "olmoe-recorded": {
+        "file": "olmoe-recorded.npz", "model": "olmoe-1b-7b", "kind": "recorded", "default": False,
+        "description": "Recorded routing of a 16x64 top-8 OLMoE-architecture model trained by this project "
+                       "(6.9M parameters, 7.0M tokens; not OLMoE-1B-7B): code, dictionary, docs-en/de/fr, "
+                       "quotes x 3 requests, prompt 64-79 + 32 greedy tokens; gate weights and spec scores "
+                       "(top-8 accuracy 0.85). Not the OLMoE default: further from AllenAI's real figures "
+                       "than olmoe-synthetic (traces/recorded/olmoe_recorded_stats.md).",
+    },
     "mixtral-synthetic": {
         "file": "mixtral-synthetic.npz", "model": "mixtral-8x7b", "kind": "synthetic", "default": True,
         "description": "Synthetic Mixtral-8x7B routing over AllenAI's five domains; per-expert popularity "

@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         step += 1
         tokens += x.numel()
-        smooth = float(ce) if smooth is None else 0.95 * smooth + 0.05 * float(ce)
+        loss, aux, zl = loss.detach(), aux.detach(), zl.detach()
+        ce_value = float(ce.detach())
+        smooth = ce_value if smooth is None else 0.95 * smooth + 0.05 * ce_value
         if time.time() - last_eval > 300:
             h = evaluate(model, held, args.context, 4, eval_rng)
             heldout_ce = f"{np.mean(list(h.values())):.4f}"
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                "final_aux_loss": round(float(aux), 4), "final_z_loss": round(float(zl), 4),
                "parameters": n_params, "exported_to": args.export if exported else None, "args": vars(args)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (HERE / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    (Path(args.log).parent / "train_summary.json").write_text(json.dumps(summary, indent=2))
     plot(Path(args.log), Path(args.plot))
     print(json.dumps(summary, indent=2), flush=True)
     return 0
