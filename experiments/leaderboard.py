@@ -84,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-learned", action="store_true", help="leave learned agents out")
     parser.add_argument("--learned-requests", type=int, default=1,
                         help="learned agents (slow: a network call per eviction) are scored, beside every "
-                             "handcrafted policy, on the first N requests of each seed's sample")
+                             "handcrafted policy, on the first N held-out (test-split) requests of each seed's sample")
     parser.add_argument("--learned-hardware", nargs="+", default=["paper-a100-5gbps"], metavar="PROFILE",
                         help="hardware profiles learned agents are scored on")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -251,9 +251,9 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
             "A learned agent makes every eviction decision through its network (milliseconds each, tens of "
             "thousands per full replay), so it is scored on its own cell -- the model, capacity and hardware it "
             f"fits ({'; '.join(f'{t}, capacity {c:g}, {h}' for t, c, h in cells)}), replaying the first "
-            f"{args.learned_requests} requests of each seed's sample -- beside every handcrafted policy and oracle "
-            "rerun on exactly that workload (same score definition, anchors from that cell). Agents were trained "
-            "on the trace's train split, so some of these requests were seen in training.",
+            f"{args.learned_requests} held-out requests of each seed's sample -- beside every handcrafted policy "
+            "and oracle rerun on exactly that workload (same score definition, anchors from that cell). The "
+            "requests come from the environment's test split; agents were trained on its train split only.",
             "",
             markdown_table(agent_summary),
             "",

@@ -69,7 +69,8 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
     each, tens of thousands per replay), so it is scored on a reduced cell: the first ``max_requests``
     requests of each seed's sample, on the ``hardware`` profiles only; every handcrafted policy and oracle
     is rerun on exactly that cell (trace label ``<trace>:first<k>``) so the agent is normalised and ranked
-    against them on the same workload. Prints why nothing is added when nothing is."""
+    against them on the same workload. The requests are held-out ones (the environment's test split), so
+    an agent is never scored on its training requests. Prints why nothing is added when nothing is."""
     paths = discover(trained_dir)
     if not paths:
         log("leaderboard: no learned agents found (agents/trained/*.zip); scoring handcrafted policies and oracles")
@@ -102,7 +103,10 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
             if float(want_capacity) != base.capacity or base.hardware not in hardware or base.agent:
                 continue
             requests = tuple(base.requests) if base.requests is not None else tuple(range(load_n(base)))
-            requests = requests[:max_requests]
+            held_out = held_out_requests(base)
+            requests = tuple(r for r in requests if r in held_out)[:max_requests]  # never its training requests
+            if not requests:
+                continue
             label = f"{base.trace}{SUBSET_MARK}{len(requests)}"
             hand = replace(base, trace=label, requests=requests)
             specs.setdefault(hand.run_id, hand)
@@ -116,13 +120,20 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
                 f"capacity {want_capacity}, hardware {', '.join(hardware)}); skipped")
         else:
             log(f"leaderboard: learned agent {name!r}: {added} run(s) on its cell ({want_model}, capacity "
-                f"{want_capacity}, first {max_requests} requests of each seed's sample, {', '.join(hardware)})")
+                f"{want_capacity}, first {max_requests} held-out requests of each seed's sample, {', '.join(hardware)})")
     return sorted(specs.values(), key=lambda s: s.sort_key())
 
 
 def load_n(spec) -> int:
     from experiments.sweep import load
     return load(spec.trace_ref).num_requests
+
+
+def held_out_requests(spec) -> set[int]:
+    """The trace's test split (the environment's deterministic split): agents train on the rest."""
+    from experiments.sweep import load
+    from specmd_env.envs.cache_env import split_requests
+    return set(split_requests(load(spec.trace_ref), "test").tolist())
 
 
 def _env_default(name: str, fallback):
@@ -162,6 +173,8 @@ def run_agent(spec, trace):
     kwargs = dict(meta.get("env_kwargs", {}) or {})
     kwargs.update(trace=trace, hardware=spec.hardware, capacity=spec.capacity)
     env = gym.make(env_id, **kwargs)
+    import torch
+    torch.set_num_threads(1)  # one small network, one decision at a time: threads only add overhead
     try:
         agent = _load(spec.agent_path, None)
         if hasattr(agent, "bind"):
