@@ -4,7 +4,8 @@ agents, scored with ``RewardWeights`` over traces x capacities x hardware profil
     specmd leaderboard                      # the default sweep on the embedded traces (a few minutes)
     specmd leaderboard --backend ray        # the same runs on Ray (local, or --address of a cluster)
 
-Writes to ``--out`` (default ``experiments/results/``):
+Writes to ``--out`` (default ``runs/leaderboard/`` under the current directory; the committed copy in
+``experiments/results/`` was made with ``--out experiments/results``):
 
 * ``runs.csv``: one row per run (settings, reward, every metric). Rows are appended (fsync) as runs
   finish; a restarted sweep skips the runs already there (by run id) and redoes a torn last line; at
@@ -40,7 +41,7 @@ DEFAULT_CAPACITIES = [0.01, 0.05, 0.25]
 DEFAULT_PROFILES = ["paper-a100-5gbps", "a100-pcie4", "h100-pcie5"]
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
 DEFAULT_SAMPLE_FRAC = 0.8
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = Path("runs") / "leaderboard"  # relative to where it runs: never inside an installed package
 CSV_NAME, MD_NAME = "runs.csv", "leaderboard.md"
 
 
