@@ -1,0 +1,314 @@
+"""Learned agents: a Stable-Baselines3 model (.zip) behind the :class:`specmd_env.agents` Agent interface.
+
+``load_learned_agent("agents/trained/maskable_ppo_olmoe_evict.zip")`` or, for a committed agent, its name
+(``load_learned_agent("maskable_ppo_olmoe_evict")`` resolves to ``agents/trained/<name>.zip``). The
+algorithm is read from the metadata JSON written beside every model by ``specmd train`` (``<stem>.json``),
+else inferred from the policy class stored in the .zip itself. ``act(obs, info)`` is
+``model.predict(obs, deterministic=True)``; for MaskablePPO the action mask comes from ``info["action_mask"]``,
+an ``"action_mask"`` entry of a Dict observation, or the env's ``action_masks()``, in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from specmd_env.errors import SpecMDError
+
+TRAINED_DIR = Path(__file__).resolve().parent / "trained"
+
+# name -> (module, class); imported lazily so that `import agents.learned` stays cheap.
+ALGOS: dict[str, tuple[str, str]] = {
+    "ppo": ("stable_baselines3", "PPO"),
+    "a2c": ("stable_baselines3", "A2C"),
+    "dqn": ("stable_baselines3", "DQN"),
+    "maskable_ppo": ("sb3_contrib", "MaskablePPO"),
+}
+
+
+def algo_class(algo: str):
+    """The SB3 class of an algorithm name (ppo, maskable_ppo, dqn, a2c)."""
+    import importlib
+
+    key = algo.lower().replace("-", "_")
+    if key not in ALGOS:
+        raise SpecMDError(f"unknown algorithm {algo!r}; known: {', '.join(ALGOS)}")
+    module, cls = ALGOS[key]
+    return getattr(importlib.import_module(module), cls)
+
+
+def list_trained() -> list[str]:
+    """Names of the committed learned agents (agents/trained/<name>.zip)."""
+    return sorted(p.stem for p in TRAINED_DIR.glob("*.zip"))
+
+
+def resolve_model_path(path_or_name: str | Path) -> Path:
+    """A .zip path as given, or a committed agent's name -> agents/trained/<name>.zip."""
+    text = str(path_or_name)
+    path = Path(text)
+    if text.endswith(".zip"):
+        if not path.is_file():
+            raise SpecMDError(f"model file {text!r} does not exist")
+        return path
+    candidate = TRAINED_DIR / f"{text}.zip"
+    if candidate.is_file():
+        return candidate
+    try:
+        from specmd_env.agents import HANDCRAFTED
+        handcrafted = f"; handcrafted agents: {', '.join(HANDCRAFTED)}"
+    except ImportError:  # pragma: no cover
+        handcrafted = ""
+    raise SpecMDError(f"{text!r} is neither a .zip model file nor a committed learned agent; "
+                      f"committed agents: {', '.join(list_trained()) or '(none)'}{handcrafted}")
+
+
+def read_metadata(model_path: str | Path) -> dict[str, Any]:
+    """The run metadata ``specmd train`` wrote beside the model (``<stem>.json``), or {}."""
+    meta = Path(model_path).with_suffix(".json")
+    if meta.is_file():
+        with open(meta) as fh:
+            return json.load(fh)
+    return {}
+
+
+def infer_algo(model_path: str | Path) -> str:
+    """The algorithm that saved ``model_path``: from its metadata JSON, else from the policy class in the .zip."""
+    meta = read_metadata(model_path)
+    if meta.get("algo"):
+        return str(meta["algo"])
+    from stable_baselines3.common.save_util import json_to_data
+    from stable_baselines3.dqn.policies import DQNPolicy
+
+    try:
+        with zipfile.ZipFile(model_path) as zf:
+            data = json_to_data(zf.read("data").decode())
+    except (KeyError, zipfile.BadZipFile, ValueError) as exc:
+        raise SpecMDError(f"{model_path} is not a Stable-Baselines3 model archive ({exc})") from exc
+    policy = data.get("policy_class")
+    if isinstance(policy, type):
+        if issubclass(policy, MaskableActorCriticPolicy):
+            return "maskable_ppo"
+        if issubclass(policy, DQNPolicy):
+            return "dqn"
+    if "exploration_rate" in data or "target_update_interval" in data:
+        return "dqn"
+    return "ppo" if "clip_range" in data else "a2c"
+
+
+def _action_mask(obs, info, env) -> np.ndarray | None:
+    if isinstance(info, dict) and info.get("action_mask") is not None:
+        return np.asarray(info["action_mask"], bool)
+    if isinstance(obs, dict) and "action_mask" in obs:
+        return np.asarray(obs["action_mask"], bool)
+    if env is not None:
+        try:
+            return np.asarray(env.get_wrapper_attr("action_masks")(), bool)
+        except AttributeError:
+            return None
+    return None
+
+
+try:
+    from specmd_env.agents import Agent as _AgentBase
+except ImportError:  # pragma: no cover - the env's agent registry is missing
+    _AgentBase = object
+
+
+class LearnedAgent(_AgentBase):
+    """An SB3 model acting greedily (``deterministic=True``): same observation, same action."""
+
+    is_oracle = False
+
+    def __init__(self, model, algo: str, name: str, env=None, metadata: dict | None = None):
+        self.model = model
+        self.algo = algo
+        self.name = name
+        self.env = env
+        self.metadata = metadata or {}
+        self.uses_masks = algo == "maskable_ppo"
+
+    def bind(self, env) -> "LearnedAgent":
+        """Use ``env`` for action masks when neither the observation nor info carries one."""
+        self.env = env
+        return self
+
+    def reset(self, seed: int | None = None) -> None:  # a policy net keeps no state between episodes
+        return None
+
+    def act(self, obs, info=None):
+        if self.uses_masks:
+            mask = _action_mask(obs, info, self.env)
+            action, _ = self.model.predict(obs, deterministic=True, action_masks=mask)
+        else:
+            action, _ = self.model.predict(obs, deterministic=True)
+        if np.ndim(action) == 0:
+            return int(action)
+        return np.asarray(action)
+
+    def __repr__(self) -> str:
+        return f"LearnedAgent(name={self.name!r}, algo={self.algo!r})"
+
+
+def check_spaces(model, env) -> None:
+    """Raise a clear error when ``env``'s spaces are not the ones ``model`` was trained on."""
+    if env is None:
+        return
+    if model.observation_space != env.observation_space:
+        raise SpecMDError(f"the model was trained on observation space {model.observation_space}, but this env has "
+                          f"{env.observation_space}; evaluate it with the env kwargs it was trained with "
+                          "(see its .json metadata: env_kwargs) — capacity and model must match")
+    if model.action_space != env.action_space:
+        raise SpecMDError(f"the model acts in {model.action_space}, but this env expects {env.action_space}")
+
+
+def load_learned_agent(path_or_name: str | Path, env=None, device: str = "cpu") -> LearnedAgent:
+    """Load an SB3 .zip (path, or the name of a committed agent in agents/trained/) as an Agent.
+
+    env: optional env the agent will act in; its spaces are checked against the model's, and it supplies
+    action masks for MaskablePPO when neither ``info`` nor the observation carries one.
+    """
+    path = resolve_model_path(path_or_name)
+    algo = infer_algo(path)
+    model = algo_class(algo).load(str(path), device=device)
+    check_spaces(model, env)
+    meta = read_metadata(path)
+    return LearnedAgent(model, algo, name=meta.get("name", path.stem), env=env, metadata=meta)
+
+
+# -- policies with a shared per-slot / per-expert scorer ---------------------------------------------------
+#
+# The SpecMD observation is slot-major (``capacity`` rows of 11 slot features, then 11 global features,
+# then -- prefetch and joint modes -- E speculative scores). A plain MLP over the flat vector must learn
+# the same rule once per slot index; these policies instead score every slot (eviction) or every expert
+# of the next layer (prefetch) with ONE small network shared across slots/experts, whose input is that
+# slot's/expert's features plus the global features. The action logits are those scores, so the policy
+# is permutation-equivariant over slots; the value head reads the mean item embedding and the globals.
+
+N_SLOT_FEATURES = 11
+N_GLOBAL_FEATURES = 11
+
+
+class ScorerExtractor(BaseFeaturesExtractor):
+    """Features = [per-item logits (n_items), mean item embedding (hidden), global features (11)].
+
+    mode="slots": the items are the cache slots; input per slot = its 11 features + the 11 globals.
+    mode="experts": the items are the next layer's E experts; input per expert = its speculative score,
+    score / best score, descending rank / E, score mass of the better-ranked experts (what SpecMD's
+    score prefetcher thresholds), whether it is already resident (a fetch of it is only a hint), + the
+    11 globals.
+    """
+
+    def __init__(self, observation_space, mode: str = "slots", n_items: int = 0, hidden: int = 32):
+        size = int(observation_space.shape[0])
+        if mode == "slots":
+            capacity = n_items = (size - N_GLOBAL_FEATURES) // N_SLOT_FEATURES
+            in_dim = N_SLOT_FEATURES + N_GLOBAL_FEATURES
+        elif mode == "experts":
+            capacity = (size - N_GLOBAL_FEATURES - n_items) // N_SLOT_FEATURES
+            in_dim = 5 + N_GLOBAL_FEATURES
+        else:
+            raise SpecMDError(f"scorer mode must be 'slots' or 'experts', got {mode!r}")
+        if capacity * N_SLOT_FEATURES + N_GLOBAL_FEATURES + (n_items if mode == "experts" else 0) != size:
+            raise SpecMDError(f"observation size {size} does not fit the SpecMD layout ({mode}, {n_items} items)")
+        super().__init__(observation_space, features_dim=n_items + hidden + N_GLOBAL_FEATURES)
+        self.mode, self.n_items, self.capacity = mode, n_items, capacity
+        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.score = nn.Linear(hidden, 1)
+
+    def item_inputs(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        B = obs.shape[0]
+        g0 = self.capacity * N_SLOT_FEATURES
+        glob = obs[:, g0:g0 + N_GLOBAL_FEATURES]
+        if self.mode == "slots":
+            items = obs[:, :g0].reshape(B, self.capacity, N_SLOT_FEATURES)
+        else:
+            s = obs[:, g0 + N_GLOBAL_FEATURES:g0 + N_GLOBAL_FEATURES + self.n_items]
+            total = s.sum(dim=1, keepdim=True).clamp_min(1e-8)
+            best = s.max(dim=1, keepdim=True).values.clamp_min(1e-8)
+            order = th.argsort(s, dim=1, descending=True, stable=True)
+            rank = th.argsort(order, dim=1, stable=True).float() / self.n_items
+            sorted_s = th.gather(s, 1, order)
+            before = th.empty_like(s).scatter_(1, order, (th.cumsum(sorted_s, dim=1) - sorted_s) / total)
+            items = th.stack([s, s / best, rank, before, self.resident(obs, s, glob)], dim=2)
+        glob_rep = glob.unsqueeze(1).expand(B, items.shape[1], N_GLOBAL_FEATURES)
+        return th.cat([items, glob_rep], dim=2), glob
+
+    def resident(self, obs: th.Tensor, s: th.Tensor, glob: th.Tensor) -> th.Tensor:
+        """1 where expert x of the target layer is in the cache: a slot of that layer (its ``layer_ahead``
+        equals the pending choice's, global feature 7) carries x's speculative score (the same float32)."""
+        B = obs.shape[0]
+        slots = obs[:, :self.capacity * N_SLOT_FEATURES].reshape(B, self.capacity, N_SLOT_FEATURES)
+        of_target = (slots[:, :, 0] > 0.5) & ((slots[:, :, 1] - glob[:, 7:8]).abs() < 1e-6)   # [B, C]
+        same = (slots[:, :, 7].unsqueeze(2) - s.unsqueeze(1)).abs() < 1e-7                    # [B, C, E]
+        return ((same & of_target.unsqueeze(2)).any(dim=1) & (s > 0)).float()
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        x, glob = self.item_inputs(obs)
+        h = self.body(x)
+        return th.cat([self.score(h).squeeze(-1), h.mean(dim=1), glob], dim=1)
+
+
+class FirstColumns(nn.Module):
+    """The action head: the first n columns of the latent, i.e. the extractor's per-item logits."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, latent: th.Tensor) -> th.Tensor:
+        return latent[:, :self.n]
+
+
+class _ScorerMixin:
+    """Turns an SB3 actor-critic policy into a shared-scorer one (see the comment above)."""
+
+    scorer_mode = "slots"
+
+    def __init__(self, observation_space, action_space, lr_schedule, hidden: int = 32, vf_arch=(64, 64),
+                 score_bias: float = 0.0, **kwargs):
+        self.score_bias = float(score_bias)  # initial logit of every item (prefetch: < 0 starts near "fetch nothing")
+        kwargs["features_extractor_class"] = ScorerExtractor
+        kwargs["features_extractor_kwargs"] = {"mode": self.scorer_mode, "n_items": int(getattr(action_space, "n", 0)),
+                                               "hidden": hidden}
+        kwargs["net_arch"] = {"pi": [], "vf": list(vf_arch)}
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        self.action_net = FirstColumns(self.features_extractor.n_items)
+        nn.init.orthogonal_(self.features_extractor.score.weight, gain=0.01)  # near-uniform initial policy
+        nn.init.constant_(self.features_extractor.score.bias, self.score_bias)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+
+class SlotScorerMaskablePolicy(_ScorerMixin, MaskableActorCriticPolicy):
+    """MaskablePPO eviction policy: a shared scorer over cache slots; masked slots get -inf."""
+
+
+class SlotScorerPolicy(_ScorerMixin, ActorCriticPolicy):
+    """PPO / A2C eviction policy without masks (invalid slots fall back to the env's fixed policy)."""
+
+
+class ExpertScorerPolicy(_ScorerMixin, ActorCriticPolicy):
+    """PPO prefetch policy for MultiBinary(E): one Bernoulli logit per next-layer expert from a shared scorer."""
+
+    scorer_mode = "experts"
+
+
+POLICIES = {"SlotScorerMaskablePolicy": SlotScorerMaskablePolicy, "SlotScorerPolicy": SlotScorerPolicy,
+            "ExpertScorerPolicy": ExpertScorerPolicy}
+
+
+__all__ = ["ALGOS", "POLICIES", "ExpertScorerPolicy", "LearnedAgent", "SlotScorerMaskablePolicy", "SlotScorerPolicy", "TRAINED_DIR", "algo_class", "infer_algo", "list_trained", "load_learned_agent",
+           "read_metadata", "resolve_model_path"]
+
+

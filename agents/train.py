@@ -1,0 +1,676 @@
+"""``specmd train``: train an RL eviction or prefetch agent with Stable-Baselines3 (rl-zoo3 style).
+
+    specmd train --algo maskable_ppo --env SpecMD-OLMoE-v0 --seed 0 --eval-freq 50000 \\
+        --save runs/agents/my_agent.zip
+
+Hyperparameters come from ``agents/hyperparams/<algo>.yml`` keyed by env id (``default`` applies to
+every env; the env's own entry overrides it); ``--hyperparams FILE`` reads another file of the same
+shape and ``--hp key=value`` overrides single entries. Besides the algorithm's arguments an entry may
+name ``n_timesteps``, ``n_envs``, ``policy``, ``env_kwargs`` and a behaviour-cloning warm start
+(``pretrain_agent``, ``pretrain_steps``, ``pretrain_epochs``: the policy first imitates a handcrafted
+or oracle agent on training requests, then RL fine-tunes it).
+
+Training uses the env's deterministic ``split="train"`` requests unless ``--env-kwargs split=...`` says
+otherwise; evaluate with ``specmd evaluate --split test``. ``--eval-freq N`` plays the greedy policy on a
+fixed episode of *training* requests every N steps (the learning curve; ``--keep-best`` saves the best
+of those policies, model selection on training data only). Every run writes, under ``--log-dir``:
+TensorBoard logs (``tb/``), Monitor CSVs (``monitor/``), periodic checkpoints (``checkpoints/``), and
+the model (``--save``, default ``<log-dir>/model.zip``) with its full configuration and exact command
+beside it (``<model>.json``) and a learning curve (``<model>_curve.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from specmd_env.errors import SpecMDError
+
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+TRAIN_ALGOS = ("ppo", "maskable_ppo", "dqn")
+# Keys of a hyperparameter entry that are not algorithm constructor arguments.
+RUN_KEYS = ("n_timesteps", "n_envs", "policy", "env_kwargs", "vec", "normalize", "pretrain_agent", "pretrain_steps",
+            "pretrain_epochs")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (saved as JSON beside the model)."""
+
+    algo: str                                   # ppo | maskable_ppo | dqn
+    env: str = "SpecMD-OLMoE-v0"                 # a registered gymnasium id
+    env_kwargs: dict = field(default_factory=dict)  # gym.make keywords (split defaults to "train")
+    timesteps: int | None = None                # env steps to train (None: the hyperparameter file's n_timesteps)
+    n_envs: int | None = None                   # parallel envs (None: the hyperparameter file's, else 1)
+    vec: str = "dummy"                          # dummy | subproc
+    seed: int = 0
+    device: str = "cpu"
+    log_dir: str | None = None                  # default runs/agents/<algo>-<env>-s<seed>
+    checkpoint_freq: int = 0                    # env steps between checkpoints (0: none)
+    resume: str | None = None                   # a .zip to continue training from
+    save: str | None = None                     # default <log_dir>/model.zip
+    hyperparams: str | None = None              # YAML file (default agents/hyperparams/<algo>.yml)
+    hp: dict = field(default_factory=dict)      # single hyperparameter overrides
+    progress_bar: bool = True
+    threads: int = 1                            # torch CPU threads
+    name: str | None = None                     # a name for the agent (metadata; default: the model's stem)
+    eval_freq: int = 0                          # env steps between greedy evaluations on a fixed TRAIN episode (0: none)
+    eval_requests: list | None = None           # trace request ids of that episode (default: the train split's first 2)
+    keep_best: bool = False                     # save the evaluation with the best fixed-TRAIN-episode return, not the last
+
+
+# -- small parsers --------------------------------------------------------------------------------------
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'None'/'null' -> None, '[1,2]' -> [1, 2], else the string."""
+    if text in ("None", "none", "null", "~"):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_kwargs(items: list[str] | None, what: str = "--env-kwargs") -> dict[str, Any]:
+    """``["capacity=0.1", "split=train"]`` -> ``{"capacity": 0.1, "split": "train"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SpecMDError(f"{what} entries are key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def load_hyperparams(algo: str, env_id: str, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The merged hyperparameters of ``algo`` on ``env_id``: the file's ``default`` entry, then ``env_id``'s."""
+    path = Path(path) if path else HYPERPARAMS_DIR / f"{algo}.yml"
+    if not path.is_file():
+        raise SpecMDError(f"hyperparameter file {path} does not exist")
+    with open(path) as fh:
+        table = yaml.safe_load(fh) or {}
+    if not isinstance(table, dict):
+        raise SpecMDError(f"{path} must map env ids (and 'default') to hyperparameters")
+    merged: dict[str, Any] = {}
+    for key in ("default", env_id):
+        entry = table.get(key) or {}
+        for name, value in entry.items():
+            if name in ("policy_kwargs", "env_kwargs") and isinstance(value, dict):
+                merged[name] = {**merged.get(name, {}), **value}
+            else:
+                merged[name] = value
+    return merged
+
+
+_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "elu": "ELU", "leaky_relu": "LeakyReLU", "gelu": "GELU"}
+
+
+def _policy_kwargs(raw: dict | None) -> dict:
+    if not raw:
+        return {}
+    import torch.nn as nn
+
+    out = dict(raw)
+    act = out.get("activation_fn")
+    if isinstance(act, str):
+        key = act.lower().replace("nn.", "")
+        if key not in _ACTIVATIONS:
+            raise SpecMDError(f"unknown activation_fn {act!r}; known: {', '.join(_ACTIVATIONS)}")
+        out["activation_fn"] = getattr(nn, _ACTIVATIONS[key])
+    return out
+
+
+def _schedule(value):
+    """rl-zoo3 'lin_3e-4' -> a linear schedule from 3e-4 to 0."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
+def resolve_policy(name: str):
+    """'MlpPolicy' (SB3's own names) as is; a scorer policy of agents.learned by name; 'module:Class' imported."""
+    from agents.learned import POLICIES
+
+    if name in POLICIES:
+        return POLICIES[name]
+    if ":" in name:
+        import importlib
+
+        module, cls = name.split(":", 1)
+        return getattr(importlib.import_module(module), cls)
+    return name
+
+
+# -- environments --------------------------------------------------------------------------------------
+
+def make_env_kwargs(env_kwargs: dict | None, split: str = "train") -> dict:
+    kwargs = dict(env_kwargs or {})
+    kwargs.setdefault("split", split)
+    return kwargs
+
+
+def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict, vec: str = "dummy",
+                  monitor_dir: str | None = None):
+    """A Monitor-wrapped VecEnv of ``env_id`` (importing specmd_env registers the SpecMD ids)."""
+    import gymnasium as gym
+    import specmd_env  # noqa: F401  (registers the env ids)
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    if env_id not in gym.registry:
+        known = sorted(k for k in gym.registry if "SpecMD" in k)
+        raise SpecMDError(f"unknown env id {env_id!r}; SpecMD ids: {', '.join(known) or '(none registered)'}")
+    if vec not in ("dummy", "subproc"):
+        raise SpecMDError(f"--vec must be dummy or subproc, got {vec!r}")
+    vec_cls = SubprocVecEnv if vec == "subproc" and n_envs > 1 else DummyVecEnv
+    vec_kwargs = {"start_method": "fork" if sys.platform.startswith("linux") else "spawn"} if vec_cls is SubprocVecEnv else None
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=vec_cls,
+                        vec_env_kwargs=vec_kwargs, monitor_dir=monitor_dir)
+
+
+def check_algo_env(algo: str, action_space) -> None:
+    """A clear error for algorithm / action-space combinations SB3 cannot train."""
+    from gymnasium import spaces
+
+    if algo == "dqn" and not isinstance(action_space, spaces.Discrete):
+        raise SpecMDError(f"DQN needs a Discrete action space, but this env's is {action_space}; "
+                          "use --algo ppo (MultiBinary / MultiDiscrete / Box) or maskable_ppo (Discrete with masks)")
+    if algo == "maskable_ppo" and not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete,
+                                                                 spaces.MultiBinary)):
+        raise SpecMDError(f"MaskablePPO needs a Discrete, MultiDiscrete or MultiBinary action space, got {action_space}")
+
+
+# -- behaviour cloning warm start ------------------------------------------------------------------------
+
+def behaviour_clone(model, env_id: str, env_kwargs: dict, agent_name: str, steps: int, epochs: int = 20,
+                    seed: int = 0, batch_size: int = 256, lr: float = 1e-3) -> dict[str, float]:
+    """Warm-start ``model``'s policy by maximum likelihood on ``steps`` decisions of a handcrafted agent
+    (played on the TRAINING split), before RL. Returns the agreement of the greedy policy with the agent."""
+    import gymnasium as gym
+    import torch as th
+    from specmd_env.agents import load_agent
+
+    env = gym.make(env_id, **{**env_kwargs, "oracle_info": True})  # an oracle teacher reads info; obs unchanged
+    agent = load_agent(agent_name, env)
+    maskable = cfg_is_maskable(model)
+    obs_buf, act_buf, mask_buf = [], [], []
+    obs, info = env.reset(seed=seed)
+    while len(obs_buf) < steps:
+        action = agent.act(obs, info)
+        obs_buf.append(obs)
+        act_buf.append(np.asarray(action))
+        if maskable:
+            mask_buf.append(env.unwrapped.action_masks())
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            obs, info = env.reset()
+    env.close()
+    policy = model.policy
+    device = policy.device
+    obs_t = th.as_tensor(np.array(obs_buf), device=device)
+    from gymnasium import spaces
+
+    if isinstance(model.action_space, spaces.Discrete):
+        act_t = th.as_tensor(np.array(act_buf), device=device).long().flatten()
+    else:
+        act_t = th.as_tensor(np.array(act_buf), dtype=th.float32, device=device)
+    mask_t = np.array(mask_buf) if maskable else None
+    rng = np.random.default_rng(seed)
+    optimizer = th.optim.Adam(policy.parameters(), lr=lr)  # its own optimiser: PPO's keeps its state clean
+    policy.set_training_mode(True)
+    for _ in range(epochs):
+        for idx in np.array_split(rng.permutation(len(obs_t)), max(1, len(obs_t) // batch_size)):
+            if maskable:
+                _, logp, _ = policy.evaluate_actions(obs_t[idx], act_t[idx], action_masks=mask_t[idx])
+            else:
+                _, logp, _ = policy.evaluate_actions(obs_t[idx], act_t[idx])
+            loss = -logp.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    policy.set_training_mode(False)
+    with th.no_grad():
+        kwargs = {"action_masks": mask_t} if maskable else {}
+        greedy, _ = model.predict(np.array(obs_buf), deterministic=True, **kwargs)
+    agree = float(np.mean(np.all(np.asarray(greedy).reshape(len(obs_buf), -1) ==
+                                 np.asarray(act_buf).reshape(len(obs_buf), -1), axis=1)))
+    return {"steps": len(obs_buf), "epochs": epochs, "final_nll": float(loss.item()), "greedy_agreement": agree}
+
+
+def cfg_is_maskable(model) -> bool:
+    from sb3_contrib import MaskablePPO
+
+    return isinstance(model, MaskablePPO)
+
+
+# -- a learning curve on a fixed training episode ---------------------------------------------------------
+
+class FixedEpisodeEval:
+    """Greedy return of a policy on one fixed episode of TRAINING requests (never the test split), for a
+    learning curve that is not confounded by which requests an episode happened to draw."""
+
+    def __init__(self, env_id: str, env_kwargs: dict, requests: list | None = None):
+        import gymnasium as gym
+
+        kwargs = {**env_kwargs, "split": env_kwargs.get("split", "train")}
+        if kwargs["split"] == "test":
+            kwargs["split"] = "train"
+        self.env = gym.make(env_id, **kwargs)
+        split_ids = self.env.unwrapped.split_ids
+        self.requests = [int(r) for r in (requests if requests is not None else split_ids[:2])]
+
+    def episode(self, agent) -> dict[str, float]:
+        from agents.evaluate import run_episode
+
+        obs, info = self.env.reset(seed=0, options={"requests": self.requests})
+        total, steps, done = 0.0, 0, False
+        while not done:
+            obs, reward, terminated, truncated, info = self.env.step(agent.act(obs, info))
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        metrics = info.get("metrics", {})
+        return {"reward": total, "steps": steps, "hit_rate": float(metrics.get("hit_rate", float("nan")))}
+
+    def references(self, names=None) -> dict[str, float]:
+        """The same episode under handcrafted agents (oracles get an env with oracle info)."""
+        import gymnasium as gym
+        from specmd_env.agents import load_agent
+
+        if names is None:
+            names = ("lru", "least-stale", "belady") if self.env.unwrapped.decision == "eviction" else \
+                ("none", "score", "oracle")
+        out = {}
+        for name in names:
+            kwargs = dict(self.env.spec.kwargs)
+            try:
+                env = gym.make(self.env.spec.id, **{**kwargs, "oracle_info": True})
+                agent = load_agent(name, env)
+            except SpecMDError:
+                continue
+            obs, info = env.reset(seed=0, options={"requests": self.requests})
+            total, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, info = env.step(agent.act(obs, info))
+                total += float(reward)
+                done = terminated or truncated
+            out[agent.label] = total
+            env.close()
+        return out
+
+
+def _eval_callback(evaluator: FixedEpisodeEval, algo: str, freq: int, n_envs: int, csv_path: Path,
+                   best_path: Path | None = None):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents.learned import LearnedAgent
+
+    class _Callback(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.last = -freq
+            self.best = (-float("inf"), None)  # (return, timesteps)
+
+        def _evaluate(self):
+            agent = LearnedAgent(self.model, algo, "current", env=evaluator.env)
+            row = evaluator.episode(agent)
+            self.logger.record("eval/fixed_train_episode_reward", row["reward"])
+            self.logger.record("eval/fixed_train_episode_hit_rate", row["hit_rate"])
+            new = not csv_path.exists()
+            with open(csv_path, "a") as fh:
+                if new:
+                    fh.write("timesteps,reward,hit_rate,steps\n")
+                fh.write(f"{self.num_timesteps},{row['reward']},{row['hit_rate']},{row['steps']}\n")
+            if best_path is not None and row["reward"] > self.best[0]:
+                self.best = (row["reward"], self.num_timesteps)
+                self.model.save(str(best_path))
+
+        def _on_training_start(self):
+            if self.num_timesteps == 0 or not csv_path.exists():
+                self._evaluate()
+            self.last = self.num_timesteps
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps - self.last >= freq:
+                self.last = self.num_timesteps
+                self._evaluate()
+            return True
+
+        def _on_training_end(self):
+            if self.num_timesteps != self.last:
+                self._evaluate()
+
+    return _Callback()
+
+
+# -- training -----------------------------------------------------------------------------------------
+
+def canonical_command(cfg: TrainConfig) -> str:
+    """The ``specmd train`` command line that reproduces ``cfg``."""
+    parts = ["specmd", "train", "--algo", cfg.algo, "--env", cfg.env]
+    if cfg.env_kwargs:
+        parts += ["--env-kwargs"] + [f"{k}={'None' if v is None else v}" for k, v in cfg.env_kwargs.items()]
+    if cfg.timesteps is not None:
+        parts += ["--timesteps", str(cfg.timesteps)]
+    if cfg.n_envs is not None:
+        parts += ["--n-envs", str(cfg.n_envs)]
+    parts += ["--vec", cfg.vec, "--seed", str(cfg.seed), "--device", cfg.device]
+    if cfg.log_dir:
+        parts += ["--log-dir", cfg.log_dir]
+    if cfg.checkpoint_freq:
+        parts += ["--checkpoint-freq", str(cfg.checkpoint_freq)]
+    if cfg.resume:
+        parts += ["--resume", cfg.resume]
+    if cfg.save:
+        parts += ["--save", cfg.save]
+    if cfg.hyperparams:
+        parts += ["--hyperparams", cfg.hyperparams]
+    if cfg.hp:
+        parts += ["--hp"] + [f"{k}={v}" for k, v in cfg.hp.items()]
+    if cfg.name:
+        parts += ["--name", cfg.name]
+    if cfg.eval_freq:
+        parts += ["--eval-freq", str(cfg.eval_freq)]
+    if cfg.eval_requests:
+        parts += ["--eval-requests"] + [str(r) for r in cfg.eval_requests]
+    if cfg.keep_best:
+        parts += ["--keep-best"]
+    if cfg.threads != 1:
+        parts += ["--threads", str(cfg.threads)]
+    return shlex.join(parts)
+
+
+def _versions() -> dict[str, str]:
+    import gymnasium
+    import sb3_contrib
+    import stable_baselines3
+    import torch
+
+    return {"python": platform.python_version(), "stable_baselines3": stable_baselines3.__version__,
+            "sb3_contrib": sb3_contrib.__version__, "gymnasium": gymnasium.__version__, "torch": torch.__version__,
+            "numpy": np.__version__}
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one training; return its metadata (also written to ``<save>.json``)."""
+    import torch
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    from agents.learned import algo_class
+
+    algo = cfg.algo.lower().replace("-", "_")
+    if algo not in TRAIN_ALGOS:
+        raise SpecMDError(f"--algo must be one of {', '.join(TRAIN_ALGOS)}, got {cfg.algo!r}")
+    cfg.algo = algo
+    torch.set_num_threads(max(1, cfg.threads))
+
+    hp = load_hyperparams(algo, cfg.env, cfg.hyperparams)
+    hp.update(cfg.hp)
+    timesteps = int(cfg.timesteps if cfg.timesteps is not None else hp.get("n_timesteps", 100_000))
+    n_envs = int(cfg.n_envs if cfg.n_envs is not None else hp.get("n_envs", 1))
+    env_kwargs = make_env_kwargs({**(hp.get("env_kwargs") or {}), **cfg.env_kwargs})
+    if env_kwargs.get("split") == "test":
+        print("specmd train: warning: training on split='test' (the held-out requests)", file=sys.stderr)
+
+    log_dir = Path(cfg.log_dir or f"runs/agents/{algo}-{cfg.env}-s{cfg.seed}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    save = Path(cfg.save or log_dir / "model.zip")
+    if save.suffix != ".zip":
+        save = save.with_suffix(".zip")
+    save.parent.mkdir(parents=True, exist_ok=True)
+    # a resumed run logs its episodes apart (Monitor would overwrite the first run's CSVs)
+    monitor_dir = log_dir / ("monitor" if not cfg.resume else f"monitor-resume-{Path(cfg.resume).stem}")
+
+    env = build_vec_env(cfg.env, n_envs, cfg.seed, env_kwargs, cfg.vec, str(monitor_dir))
+    check_algo_env(algo, env.action_space)
+    cls = algo_class(algo)
+
+    algo_kwargs = {k: _schedule(v) for k, v in hp.items() if k not in RUN_KEYS}
+    algo_kwargs["policy_kwargs"] = _policy_kwargs(hp.get("policy_kwargs"))
+    from gymnasium import spaces
+    policy_name = hp.get("policy") or ("MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy")
+    policy = resolve_policy(policy_name)
+
+    if cfg.resume:
+        if not Path(cfg.resume).is_file():
+            raise SpecMDError(f"--resume: {cfg.resume} does not exist")
+        model = cls.load(cfg.resume, env=env, device=cfg.device, tensorboard_log=str(log_dir / "tb"))
+        model.set_random_seed(cfg.seed)
+        start = model.num_timesteps
+    else:
+        model = cls(policy, env, seed=cfg.seed, device=cfg.device, tensorboard_log=str(log_dir / "tb"), verbose=0,
+                    **algo_kwargs)
+        start = 0
+
+    pretrain = None
+    if hp.get("pretrain_agent") and not cfg.resume:
+        pretrain = behaviour_clone(model, cfg.env, env_kwargs, hp["pretrain_agent"], int(hp.get("pretrain_steps", 20000)),
+                                   int(hp.get("pretrain_epochs", 20)), cfg.seed)
+        pretrain["agent"] = hp["pretrain_agent"]
+        print(f"behaviour cloning warm start from {hp['pretrain_agent']!r}: {pretrain}", file=sys.stderr)
+
+    callbacks = []
+    evaluator = None
+    eval_csv = log_dir / "eval_fixed_train_episode.csv"
+    if cfg.eval_freq and cfg.eval_freq > 0:
+        if not cfg.resume and eval_csv.exists():
+            eval_csv.unlink()
+        evaluator = FixedEpisodeEval(cfg.env, env_kwargs, cfg.eval_requests)
+        best_path = log_dir / "best_on_train_episode.zip" if cfg.keep_best else None
+        eval_cb = _eval_callback(evaluator, algo, cfg.eval_freq, n_envs, eval_csv, best_path)
+        callbacks.append(eval_cb)
+    elif cfg.keep_best:
+        raise SpecMDError("--keep-best needs --eval-freq (the best is judged on the fixed training episode)")
+    if cfg.checkpoint_freq and cfg.checkpoint_freq > 0:
+        callbacks.append(CheckpointCallback(save_freq=max(cfg.checkpoint_freq // n_envs, 1),
+                                            save_path=str(log_dir / "checkpoints"), name_prefix=algo))
+    progress = cfg.progress_bar
+    if progress:
+        try:
+            import rich  # noqa: F401
+            import tqdm  # noqa: F401
+        except ImportError:
+            progress = False
+    t0 = time.time()
+    model.learn(total_timesteps=timesteps, callback=callbacks or None, progress_bar=progress,
+                reset_num_timesteps=not cfg.resume, tb_log_name=algo)
+    wall = time.time() - t0
+    selected = None
+    if cfg.keep_best:
+        import shutil
+
+        best_return, best_steps = eval_cb.best
+        shutil.copyfile(log_dir / "best_on_train_episode.zip", save)
+        selected = {"timesteps": best_steps, "fixed_train_episode_return": best_return,
+                    "last_timesteps": int(model.num_timesteps)}
+        print(f"kept the policy of step {best_steps} (fixed training episode return {best_return:.2f})", file=sys.stderr)
+    else:
+        model.save(str(save))
+    env.close()
+
+    meta = {
+        "name": cfg.name or save.stem,
+        "algo": algo,
+        "env_id": cfg.env,
+        "env_kwargs": env_kwargs,
+        "policy": policy_name,
+        "hyperparams": {k: v for k, v in hp.items()},
+        "timesteps_this_run": timesteps,
+        "num_timesteps": int(model.num_timesteps),
+        "pretrain": pretrain,
+        "kept_best": selected,
+        "resumed_from": cfg.resume,
+        "resumed_at_timesteps": start,
+        "n_envs": n_envs,
+        "vec": cfg.vec,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "log_dir": str(log_dir),
+        "model_path": str(save),
+        "wall_seconds": round(wall, 1),
+        "command": canonical_command(cfg),
+        "argv": sys.argv if Path(sys.argv[0]).name == "specmd" else None,
+        "config": asdict(cfg),
+        "versions": _versions(),
+        "observation_space": str(model.observation_space),
+        "action_space": str(model.action_space),
+    }
+    references = {}
+    if evaluator is not None:
+        meta["eval_fixed_train_episode"] = {"requests": evaluator.requests, "csv": str(eval_csv)}
+        try:
+            references = evaluator.references()
+        except Exception as exc:  # reference lines are a nicety
+            print(f"specmd train: warning: no reference lines ({exc})", file=sys.stderr)
+        meta["eval_fixed_train_episode"]["references"] = references
+        evaluator.env.close()
+    curve = save.with_name(save.stem + "_curve.png")
+    try:
+        if plot_learning_curve(monitor_dir, curve, title=f"{algo} on {cfg.env} (seed {cfg.seed})",
+                               eval_csv=eval_csv if evaluator is not None else None, references=references):
+            meta["curve"] = str(curve)
+    except Exception as exc:  # a plot must never lose a trained model
+        print(f"specmd train: warning: no learning curve ({exc})", file=sys.stderr)
+    with open(save.with_suffix(".json"), "w") as fh:
+        json.dump(meta, fh, indent=2, default=str)
+    return meta
+
+
+def read_monitor(monitor_dir: str | os.PathLike) -> np.ndarray:
+    """Episodes from the Monitor CSVs of a run, as rows (cumulative env steps, return, length), in time order."""
+    rows = []
+    for path in sorted(Path(monitor_dir).glob("*.monitor.csv")):
+        with open(path) as fh:
+            lines = [ln for ln in fh.read().splitlines() if ln and not ln.startswith("#")]
+        if len(lines) < 2:
+            continue
+        header = lines[0].split(",")
+        ir, il, it = header.index("r"), header.index("l"), header.index("t")
+        for ln in lines[1:]:
+            cells = ln.split(",")
+            rows.append((float(cells[it]), float(cells[ir]), float(cells[il])))
+    if not rows:
+        return np.zeros((0, 3))
+    rows.sort()
+    arr = np.array(rows)
+    return np.column_stack([np.cumsum(arr[:, 2]), arr[:, 1], arr[:, 2]])
+
+
+def plot_learning_curve(monitor_dir: str | os.PathLike, png: str | os.PathLike, title: str = "",
+                        window: int = 20, eval_csv: str | os.PathLike | None = None,
+                        references: dict[str, float] | None = None) -> bool:
+    """Left: training episodes' return per decision vs env steps (Monitor logs) and its rolling mean.
+    Right (with ``eval_csv``): the greedy policy's return on the fixed training episode, beside the
+    handcrafted ``references`` on that same episode. False when there is nothing to plot."""
+    data = read_monitor(monitor_dir)
+    evals = None
+    if eval_csv is not None and Path(eval_csv).is_file():
+        evals = np.loadtxt(eval_csv, delimiter=",", skiprows=1, ndmin=2)
+    if len(data) == 0 and evals is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if evals is not None and len(evals) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.6), dpi=100, squeeze=False)
+    ax = axes[0, 0]
+    if len(data):
+        steps, ret, length = data[:, 0], data[:, 1], data[:, 2]
+        per_step = ret / np.maximum(length, 1)
+        w = max(1, min(window, len(per_step) // 5 or 1))
+        smooth = np.convolve(per_step, np.ones(w) / w, mode="valid")
+        ax.plot(steps, per_step, ".", ms=3, alpha=0.4, label="training episode")
+        ax.plot(steps[w - 1:], smooth, "-", lw=1.8, label=f"rolling mean ({w})")
+    ax.set_xlabel("env steps (decisions)")
+    ax.set_ylabel("return per decision")
+    ax.set_title("training episodes (random train requests)", fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(data):
+        ax.legend(fontsize=8)
+    if panels == 2:
+        ax = axes[0, 1]
+        ax.plot(evals[:, 0], evals[:, 1], "o-", ms=3, lw=1.5, label="learned (greedy)")
+        for i, (name, value) in enumerate((references or {}).items()):
+            ax.axhline(value, ls="--", lw=1, color=f"C{i + 1}", label=name)
+        ax.set_xlabel("env steps (decisions)")
+        ax.set_ylabel("episode return")
+        ax.set_title("fixed training episode (greedy policy)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return True
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", required=True, choices=TRAIN_ALGOS, help="learning algorithm")
+    parser.add_argument("--env", default="SpecMD-OLMoE-v0", help="gymnasium env id (default %(default)s)")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="K=V",
+                        help="gym.make keywords, e.g. capacity=0.1 requests_per_episode=2 (split defaults to train)")
+    parser.add_argument("--timesteps", type=int, default=None, help="env steps to train (default: the YAML's n_timesteps); "
+                        "with --resume, steps to add")
+    parser.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the YAML's n_envs, else 1)")
+    parser.add_argument("--vec", choices=("dummy", "subproc"), default="dummy", help="VecEnv class (default dummy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    parser.add_argument("--log-dir", default=None, help="TensorBoard, Monitor and checkpoint directory "
+                        "(default runs/agents/<algo>-<env>-s<seed>)")
+    parser.add_argument("--checkpoint-freq", type=int, default=0, help="save a checkpoint every N env steps (0: never)")
+    parser.add_argument("--resume", default=None, metavar="PATH.zip", help="continue training this model")
+    parser.add_argument("--save", default=None, metavar="PATH.zip", help="where to save the model (default <log-dir>/model.zip)")
+    parser.add_argument("--hyperparams", default=None, metavar="FILE",
+                        help="YAML keyed by env id (default agents/hyperparams/<algo>.yml)")
+    parser.add_argument("--hp", nargs="*", default=[], metavar="K=V", help="override single hyperparameters")
+    parser.add_argument("--name", default=None, help="agent name recorded in the metadata")
+    parser.add_argument("--eval-freq", type=int, default=0, help="every N env steps, play the greedy policy on a fixed "
+                        "episode of TRAIN requests (learning curve; never the test split); 0: never")
+    parser.add_argument("--eval-requests", type=int, nargs="+", default=None,
+                        help="trace request ids of that episode (default: the train split's first two)")
+    parser.add_argument("--keep-best", action="store_true", help="save the policy with the best --eval-freq return on "
+                        "the fixed training episode (model selection on training requests only), not the last one")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", help="no tqdm/rich progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(algo=args.algo, env=args.env, env_kwargs=parse_kwargs(args.env_kwargs),
+                       timesteps=args.timesteps, n_envs=args.n_envs, vec=args.vec, seed=args.seed, device=args.device,
+                       log_dir=args.log_dir, checkpoint_freq=args.checkpoint_freq, resume=args.resume, save=args.save,
+                       hyperparams=args.hyperparams, hp=parse_kwargs(args.hp, "--hp"), progress_bar=args.progress_bar,
+                       threads=args.threads, name=args.name, eval_freq=args.eval_freq,
+                       eval_requests=args.eval_requests, keep_best=args.keep_best)
+
+
+def run(args: argparse.Namespace) -> int:
+    meta = train(config_from_args(args))
+    print(f"saved {meta['model_path']} ({meta['num_timesteps']} steps, {meta['wall_seconds']} s); "
+          f"config {Path(meta['model_path']).with_suffix('.json')}; TensorBoard: tensorboard --logdir {meta['log_dir']}/tb")
+    return 0
+
+
+__all__ = ["TrainConfig", "build_vec_env", "canonical_command", "check_algo_env", "configure", "load_hyperparams",
+           "parse_kwargs", "plot_learning_curve", "read_monitor", "run", "train"]
