@@ -242,8 +242,10 @@ class SpecMDCacheEnv(gym.Env):
             self.action_space = spaces.MultiBinary(E)
         else:
             self.action_space = spaces.MultiDiscrete(np.array([self.capacity] + [2] * E, np.int64))
-        # per-step output buffers (the vector env re-binds them to rows of its batch arrays)
+        # per-step output buffers (the vector env re-binds them to rows of its batch arrays), and the
+        # argument table of the compiled step (_core.arg_table; the vector env re-binds it to a row of its own)
         self._args = None
+        self._tab = np.zeros((1, 2 * _core.N_ARGS), np.int64)
         self._terminated = False
         self._bind_buffers(np.zeros(self.layout.size, np.float32), np.ones(self.capacity, bool),
                            np.zeros(1 + E, np.int64), np.zeros(self.capacity + E, np.int64))
@@ -251,16 +253,24 @@ class SpecMDCacheEnv(gym.Env):
         self._done = True
 
     # -- plumbing ------------------------------------------------------------------------------------
-    def _bind_buffers(self, obs, mask, act, orc):
+    def _bind_buffers(self, obs, mask, act, orc, tab=None):
         self._obs, self._mask, self._act, self._orc = obs, mask, act, orc
+        if tab is not None:
+            tab[:] = self._tab
+            self._tab = tab
         if self._args is not None:
-            self._args = self._args[:6] + (obs, mask, act, orc)
+            self._set_args(self._args[:6] + (obs, mask, act, orc))
+
+    def _set_args(self, args) -> None:
+        """The ten arrays of the compiled step; kept here (alive) and written to the argument table."""
+        self._args = args
+        _core.arg_table(args, self._tab[0])
 
     def _load_chunk(self) -> None:
         c = self.replay.chunk
         spec = c.spec if c.spec is not None else self._chunk_spec(c)
         ci, c32, cf, cs = _core.chunk_arenas(self.replay, self._si, spec, self._progress)
-        self._args = (self._si, self._sf, ci, c32, cf, cs, self._obs, self._mask, self._act, self._orc)
+        self._set_args((self._si, self._sf, ci, c32, cf, cs, self._obs, self._mask, self._act, self._orc))
 
     def _chunk_spec(self, c):
         """Mean speculative scores per pass (as schedule.build_chunk computes them), for the observation."""
@@ -275,13 +285,13 @@ class SpecMDCacheEnv(gym.Env):
 
     def _run(self, has_action: int) -> float:
         """One compiled step, then chunk changes in Python until a decision is due or the replay ends."""
-        status = _core.step_core(*self._args, has_action)
-        reward = self._sf[_core.F_REWARD]
+        status = _core.step_one(self._tab, has_action)
+        reward = self._sf.item(_core.F_REWARD)
         while status == K.DONE:
             if self.replay._next_chunk():
                 self._load_chunk()
-                status = _core.step_core(*self._args, 0)
-                reward += self._sf[_core.F_REWARD]
+                status = _core.step_one(self._tab, 0)
+                reward += self._sf.item(_core.F_REWARD)
             else:
                 self.replay.done = True
                 self._done = True
@@ -344,7 +354,7 @@ class SpecMDCacheEnv(gym.Env):
             invalid = False
         else:
             reward = self._run(1)
-            invalid = self._si[_core.H_INVALID] == 1
+            invalid = self._si.item(_core.H_INVALID) == 1
         if invalid:
             reward -= self.invalid_action_penalty
             self._episode_invalid += 1
@@ -356,7 +366,7 @@ class SpecMDCacheEnv(gym.Env):
         if terminated:
             result = self.replay.result()
             info.update(metrics=result.as_dict(), score=self.weights.score(result),
-                        episode_reward=self._episode_reward, episode_steps=self._episode_steps,
+                        episode_reward=np.float64(self._episode_reward), episode_steps=self._episode_steps,
                         episode_invalid_actions=self._episode_invalid)
         return self._obs.copy(), float(reward), terminated, False, info
 
@@ -396,7 +406,7 @@ class SpecMDCacheEnv(gym.Env):
         """The decision now due: 'demand', 'prefetch', 'prefetch-choice', or None."""
         if self.replay is None or self._done:
             return None
-        return _PENDING.get(int(self.replay.ist[K.I_PENDING]))
+        return _PENDING.get(self._si.item(self._si.item(_core.H_IST) + K.I_PENDING))
 
     def render(self):
         if self.render_mode is None:

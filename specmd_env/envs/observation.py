@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from specmd_env import kernel as K
+from specmd_env.kernel import _borrow
 
 SLOT_FEATURES = ("occupied", "layer_ahead", "current", "use_age", "touch_age", "insert_age", "use_count",
                  "spec_score", "in_flight", "prefetched_unused", "candidate")
@@ -32,6 +33,8 @@ N_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
 COUNT_SCALE = 16.0        # use_count = count / (count + COUNT_SCALE): monotone, distinct in float32 below ~16,000
 BACKLOG_CLIP = 16.0       # copy_backlog = min(backlog / transfer time, BACKLOG_CLIP) / BACKLOG_CLIP
 PROGRESS_PASSES = 256.0   # request_progress = min(passes since the batch group began / 256, 1)
+# use_count values for small counts, so that most slots need no division (same float64 arithmetic)
+_COUNT_TAB = np.array([c / (c + COUNT_SCALE) for c in range(256)], np.float64)
 
 
 class ObservationLayout:
@@ -66,12 +69,28 @@ class ObservationLayout:
         return out
 
 
-@njit(cache=True)
-def _ranks(cfg_i, slot_i, lists, obs, head_row, next_row, feature):
-    """Write each occupied slot's age rank in one of the kernel's ordered lists: 1 = the list head
-    (oldest, the first victim), 0 = the tail, evenly spaced by position among occupied slots."""
+def rank_table(capacity: int, num_layers: int, num_scopes: int) -> np.ndarray:
+    """The age-rank values ``j / (scope size - 1)`` (float64, computed once per environment: the
+    observation reads them instead of dividing 3 x capacity times per step)."""
+    size = capacity if num_scopes == 1 else capacity // num_layers
+    denom = max(size - 1, 1)
+    return np.array([j / denom for j in range(size)], np.float64)
+
+
+def layer_table(num_layers: int) -> np.ndarray:
+    """``d / L`` for d in [0, L) (float64), the layer_ahead values."""
+    return np.array([d / num_layers for d in range(num_layers)], np.float64)
+
+
+@njit(cache=True, inline="always")
+def _ranks(cfg_i, slot_i, lists, obs, rank_tab):
+    """Write each occupied slot's age ranks in the kernel's three ordered lists (use, touch, insertion):
+    1 = the list head (oldest, the first victim), 0 = the tail, evenly spaced by position among
+    occupied slots (``rank_tab[j] = j / (scope size - 1)``). The three lists are walked together, so
+    their chains of dependent loads overlap."""
     capacity = cfg_i[K.C_CAPACITY]
     scopes = cfg_i[K.C_SCOPES]
+    F = N_SLOT_FEATURES
     for scope in range(scopes):
         if scopes == 1:
             lo, hi = 0, capacity
@@ -82,20 +101,40 @@ def _ranks(cfg_i, slot_i, lists, obs, head_row, next_row, feature):
         for s in range(lo, hi):
             if slot_i[K.SL_OBJ, s] >= 0:
                 n += 1
-        denom = max(hi - lo - 1, 1)
-        s = lists[head_row, scope]
-        k = 0
-        while s >= 0:
-            if slot_i[K.SL_OBJ, s] >= 0:
-                obs[s * N_SLOT_FEATURES + feature] = (n - 1 - k) / denom
-                k += 1
-            s = slot_i[next_row, s]
+        if n == 0:
+            continue
+        su = lists[K.L_USE_HEAD, scope]
+        st = lists[K.L_TOUCH_HEAD, scope]
+        sn = lists[K.L_INS_HEAD, scope]
+        ku = kt = kn = n - 1
+        while su >= 0 or st >= 0 or sn >= 0:
+            if su >= 0:
+                if slot_i[K.SL_OBJ, su] >= 0:
+                    obs[su * F + S_USE_AGE] = rank_tab[ku]
+                    ku -= 1
+                su = slot_i[K.SL_USE_NEXT, su]
+            if st >= 0:
+                if slot_i[K.SL_OBJ, st] >= 0:
+                    obs[st * F + S_TOUCH_AGE] = rank_tab[kt]
+                    kt -= 1
+                st = slot_i[K.SL_TOUCH_NEXT, st]
+            if sn >= 0:
+                if slot_i[K.SL_OBJ, sn] >= 0:
+                    obs[sn * F + S_INSERT_AGE] = rank_tab[kn]
+                    kn -= 1
+                sn = slot_i[K.SL_INS_NEXT, sn]
 
 
 @njit(cache=True)
 def build_observation(cfg_i, cfg_f, ist, fst, slot_i, slot_f, lists, ev_ptr, num_events, spec, has_spec,
-                      pass_kind, progress, obs, mask, with_scores):
-    """Fill ``obs`` and ``mask`` (the slots that may be evicted now; all True when no eviction is due)."""
+                      pass_kind, progress, obs, mask, with_scores, rank_tab, layer_tab):
+    """Fill ``obs`` and ``mask`` (the slots that may be evicted now; all True when no eviction is due).
+    ``rank_tab`` and ``layer_tab`` are :func:`rank_table` and :func:`layer_table`. The caller keeps
+    every array alive (they are borrowed: no reference counting)."""
+    cfg_i, cfg_f, ist, fst = _borrow(cfg_i), _borrow(cfg_f), _borrow(ist), _borrow(fst)
+    slot_i, slot_f, lists, ev_ptr, spec = _borrow(slot_i), _borrow(slot_f), _borrow(lists), _borrow(ev_ptr), _borrow(spec)
+    pass_kind, progress, obs, mask = _borrow(pass_kind), _borrow(progress), _borrow(obs), _borrow(mask)
+    rank_tab, layer_tab = _borrow(rank_tab), _borrow(layer_tab)
     C = cfg_i[K.C_CAPACITY]
     L = cfg_i[K.C_LAYERS]
     E = cfg_i[K.C_EXPERTS]
@@ -114,6 +153,11 @@ def build_observation(cfg_i, cfg_f, ist, fst, slot_i, slot_f, lists, ev_ptr, num
         lo, hi = K.scope_range(cfg_i, ist[K.I_PENDING_OBJ] // E)
     timed = cfg_i[K.C_PER_ACCESS] == 0
     pass_tick = ist[K.I_PASS_TICK]
+    shift = -1  # objects are layer * E + expert: split them with a shift when E is a power of two
+    if E & (E - 1) == 0:
+        shift = 0
+        while (1 << shift) < E:
+            shift += 1
     n_occ = 0
     n_cand = 0
     F = N_SLOT_FEATURES
@@ -126,25 +170,31 @@ def build_observation(cfg_i, cfg_f, ist, fst, slot_i, slot_f, lists, ev_ptr, num
             mask[s] = not evicting
             continue
         n_occ += 1
-        sl = obj // E
+        if shift >= 0:
+            sl = obj >> shift
+        else:
+            sl = obj // E
+        x = obj - sl * E
+        d = sl - layer  # (sl - layer) mod L, both in [0, L)
+        if d < 0:
+            d += L
         obs[b + S_OCCUPIED] = 1.0
-        obs[b + S_LAYER_AHEAD] = ((sl - layer) % L) / L
+        obs[b + S_LAYER_AHEAD] = layer_tab[d]
         obs[b + S_CURRENT] = 1.0 if slot_i[K.SL_TOUCH, s] > pass_tick else 0.0
         c = slot_i[K.SL_COUNT, s]
-        obs[b + S_USE_COUNT] = c / (c + COUNT_SCALE)
-        obs[b + S_SPEC] = spec[spec_base + obj % E] if (scores_ok and sl == target) else 0.0
-        obs[b + S_IN_FLIGHT] = 1.0 if slot_f[K.SL_READY, s] > now else 0.0
+        obs[b + S_USE_COUNT] = _COUNT_TAB[c] if c < 256 else c / (c + COUNT_SCALE)
+        obs[b + S_SPEC] = spec[spec_base + x] if (scores_ok and sl == target) else 0.0
+        ready = slot_f[K.SL_READY, s]
+        obs[b + S_IN_FLIGHT] = 1.0 if ready > now else 0.0
         obs[b + S_PREFETCHED] = 1.0 if slot_i[K.SL_PREFETCHED, s] == 1 else 0.0
         cand = False
         if evicting and lo <= s < hi:
-            cand = (not timed) or (slot_f[K.SL_FREE_AT, s] <= now and slot_f[K.SL_READY, s] <= now)
+            cand = (not timed) or (slot_f[K.SL_FREE_AT, s] <= now and ready <= now)
         obs[b + S_CANDIDATE] = 1.0 if cand else 0.0
         mask[s] = cand or not evicting
         if cand:
             n_cand += 1
-    _ranks(cfg_i, slot_i, lists, obs, K.L_USE_HEAD, K.SL_USE_NEXT, S_USE_AGE)
-    _ranks(cfg_i, slot_i, lists, obs, K.L_TOUCH_HEAD, K.SL_TOUCH_NEXT, S_TOUCH_AGE)
-    _ranks(cfg_i, slot_i, lists, obs, K.L_INS_HEAD, K.SL_INS_NEXT, S_INSERT_AGE)
+    _ranks(cfg_i, slot_i, lists, obs, rank_tab)
 
     g = C * F
     obs[g + G_LAYER] = layer / L

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
-from numba import typed
 
 from specmd_env import kernel as K
 from specmd_env.envs import _core
@@ -47,9 +46,9 @@ class SpecMDVectorEnv(VectorEnv):
         self._mask = np.ones((N, C), bool)
         self._act = np.zeros((N, 1 + E), np.int64)
         self._orc = np.zeros((N, C + E), np.int64)
+        self._tab = np.zeros((N, 2 * _core.N_ARGS), np.int64)  # the argument tables (rows: sub-envs')
         for i, env in enumerate(self.envs):
-            env._bind_buffers(self._obs[i], self._mask[i], self._act[i], self._orc[i])
-        self._lists = None
+            env._bind_buffers(self._obs[i], self._mask[i], self._act[i], self._orc[i], self._tab[i:i + 1])
         self._status = np.zeros(N, np.int64)
         self._rewards = np.zeros(N, np.float64)
         self._invalid = np.zeros(N, np.int64)
@@ -60,16 +59,9 @@ class SpecMDVectorEnv(VectorEnv):
         self._ep_reward = np.zeros(N, np.float64)
         self._ep_steps = np.zeros(N, np.int64)
         self._ep_invalid = np.zeros(N, np.int64)
+        self._any_special = False
 
     # -- plumbing --------------------------------------------------------------------------------
-    def _sync(self, i: int | None = None) -> None:
-        """Refresh the typed lists of arenas (all of them, or env i's after a reset or chunk change)."""
-        if self._lists is None or i is None:
-            self._lists = [typed.List([env._args[k] for env in self.envs]) for k in range(6)]
-        else:
-            for k in range(6):
-                self._lists[k][i] = self.envs[i]._args[k]
-
     @property
     def replays(self):
         return [env.replay for env in self.envs]
@@ -94,10 +86,10 @@ class SpecMDVectorEnv(VectorEnv):
             seeds = list(seed)
         for env, s in zip(self.envs, seeds):
             env.reset(seed=s, options=options)
-        self._sync()
         self._autoreset[:] = False
         self._steps[:] = 0
         self._nodecision = np.array([env._done for env in self.envs])
+        self._any_special = bool(self._nodecision.any())
         self._ep_reward[:] = 0.0
         self._ep_steps[:] = 0
         self._ep_invalid[:] = 0
@@ -107,68 +99,74 @@ class SpecMDVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         envs = self.envs
         first = envs[0]
+        N = self.num_envs
         if first.decision == "eviction":
-            if actions.shape != (self.num_envs,) or actions.min() < 0 or actions.max() >= first.capacity:
-                raise SpecMDError(f"actions must be {self.num_envs} slot indices in [0, {first.capacity}), got {actions!r}")
-            self._act[:, 0] = actions
+            if actions.shape != (N,) or not (
+                    _core.set_slots(self._act, actions, first.capacity) if actions.dtype.kind in "iu"
+                    else not (actions.min() < 0 or actions.max() >= first.capacity)):
+                raise SpecMDError(f"actions must be {N} slot indices in [0, {first.capacity}), got {actions!r}")
+            if actions.dtype.kind not in "iu":
+                self._act[:, 0] = actions
         elif first.decision == "prefetch":
-            if actions.shape != (self.num_envs, first.num_experts) or np.any((actions != 0) & (actions != 1)):
-                raise SpecMDError(f"actions must be [{self.num_envs}, {first.num_experts}] bits, got shape {actions.shape}")
+            if actions.shape != (N, first.num_experts) or np.any((actions != 0) & (actions != 1)):
+                raise SpecMDError(f"actions must be [{N}, {first.num_experts}] bits, got shape {actions.shape}")
             self._act[:, 1:] = actions
         else:
-            if actions.shape != (self.num_envs, 1 + first.num_experts) or actions[:, 0].min() < 0 \
+            if actions.shape != (N, 1 + first.num_experts) or actions[:, 0].min() < 0 \
                     or actions[:, 0].max() >= first.capacity or np.any((actions[:, 1:] != 0) & (actions[:, 1:] != 1)):
-                raise SpecMDError(f"actions must be [{self.num_envs}, {1 + first.num_experts}] (slot + bits)")
+                raise SpecMDError(f"actions must be [{N}, {1 + first.num_experts}] (slot + bits)")
             self._act[:] = actions
         has = self._has_action
-        has[:] = 1
-        resets = np.flatnonzero(self._autoreset)
-        for i in resets:
-            envs[i].reset()
-            self._sync(int(i))
-            self._nodecision[i] = envs[i]._done
-            self._ep_reward[i] = 0.0
-            self._ep_steps[i] = 0
-            self._ep_invalid[i] = 0
-        has[resets] = -1
-        no_decision = np.flatnonzero(self._nodecision & ~self._autoreset)
-        has[no_decision] = -1
-        self._rewards[:] = 0.0
-        self._invalid[:] = 0
-        _core.step_batch(*self._lists, self._obs, self._mask, self._act, self._orc, has, self._status,
-                         self._rewards, self._invalid)
-        stepped = has == 1
-        penalty = first.invalid_action_penalty
-        if penalty:
-            self._rewards -= penalty * (self._invalid == 1)
+        special = self._any_special  # an env to reset (next-step autoreset) or one that needs no decision
+        if special:
+            has[:] = 1
+            resets = np.flatnonzero(self._autoreset)
+            for i in resets:
+                envs[i].reset()
+                self._nodecision[i] = envs[i]._done
+                self._ep_reward[i] = 0.0
+                self._ep_steps[i] = 0
+                self._ep_invalid[i] = 0
+            has[resets] = -1
+            no_decision = np.flatnonzero(self._nodecision & ~self._autoreset)
+            has[no_decision] = -1
+        # one compiled call: every env's step, its reward (less the penalty) and, unless its chunk ended,
+        # its step and episode counters
+        n_done = _core.step_batch(self._tab, has, self._status, self._rewards, self._invalid,
+                                  first.invalid_action_penalty, self._steps, self._ep_reward, self._ep_steps,
+                                  self._ep_invalid)
         ended = []
-        for i in np.flatnonzero(stepped & (self._status == K.DONE)):
-            env = envs[i]
-            status = K.DONE
-            while status == K.DONE:  # a chunk ended: load the next, or the episode is over
-                if env.replay._next_chunk():
-                    env._load_chunk()
-                    status = _core.step_core(*env._args, 0)
-                    self._rewards[i] += env._sf[_core.F_REWARD]
-                    self._sync(int(i))
-                else:
-                    env.replay.done = True
-                    env._done = True
-                    self._mask[i] = True
-                    ended.append(int(i))
-                    break
-        for i in no_decision:  # a replay that needed no decision: its one step ends it
-            met = envs[i].replay.met
-            self._rewards[i] = first.weights.reward(met[K.M_COLLISION], met[K.M_STALL], met[K.M_MISSES])
-            self._nodecision[i] = False
-            ended.append(int(i))
-        stepped[no_decision] = True
-        self._rewards[resets] = 0.0
-        self._steps += stepped
-        self._ep_reward += np.where(stepped, self._rewards, 0.0)
-        self._ep_steps += stepped
-        self._ep_invalid += self._invalid
-        terminated = np.zeros(self.num_envs, bool)
+        if n_done:
+            for i in np.flatnonzero((has == 1) & (self._status == K.DONE)):
+                env = envs[i]
+                status = K.DONE
+                while status == K.DONE:  # a chunk ended: load the next, or the episode is over
+                    if env.replay._next_chunk():
+                        env._load_chunk()
+                        status = _core.step_one(env._tab, 0)
+                        self._rewards[i] += env._sf.item(_core.F_REWARD)
+                    else:
+                        env.replay.done = True
+                        env._done = True
+                        self._mask[i] = True
+                        ended.append(int(i))
+                        break
+                self._steps[i] += 1
+                self._ep_reward[i] += self._rewards[i]
+                self._ep_steps[i] += 1
+                self._ep_invalid[i] += self._invalid[i]
+        if special:
+            for i in no_decision:  # a replay that needed no decision: its one step ends it
+                met = envs[i].replay.met
+                self._rewards[i] = first.weights.reward(met[K.M_COLLISION], met[K.M_STALL], met[K.M_MISSES])
+                self._nodecision[i] = False
+                ended.append(int(i))
+                self._steps[i] += 1
+                self._ep_reward[i] += self._rewards[i]
+                self._ep_steps[i] += 1
+            self._steps[resets] = 0
+            has[:] = 1
+        terminated = np.zeros(N, bool)
         finals: dict[int, dict] = {}
         for i in ended:
             terminated[i] = True
@@ -176,11 +174,16 @@ class SpecMDVectorEnv(VectorEnv):
             finals[i] = dict(metrics=result.as_dict(), score=first.weights.score(result),
                              episode_reward=float(self._ep_reward[i]), episode_steps=int(self._ep_steps[i]),
                              episode_invalid_actions=int(self._ep_invalid[i]))
-        self._steps[resets] = 0
-        truncated = np.zeros(self.num_envs, bool)
         if self.max_episode_steps is not None:
             truncated = (self._steps >= self.max_episode_steps) & ~terminated
-        self._autoreset = terminated | truncated
+            self._autoreset = terminated | truncated
+            self._any_special = bool(ended) or bool(truncated.any())
+        else:
+            truncated = np.zeros(N, bool)
+            self._autoreset = terminated
+            self._any_special = bool(ended)
+        if special and not self._any_special:  # a reset replay that needs no decision is handled next step
+            self._any_special = bool(self._nodecision.any())
         return self._obs.copy(), self._rewards.copy(), terminated, truncated, self._infos(finals)
 
     def action_masks(self) -> np.ndarray:
