@@ -5,12 +5,15 @@ from specmd_env import catalog
 from specmd_env.errors import SpecMDError
 
 
-def test_names_load_and_are_synthetic():
-    assert {"olmoe-synthetic", "mixtral-synthetic", "qwen3-synthetic"} <= set(catalog.list_traces())
+def test_names_load_and_are_labelled_honestly():
+    assert {"olmoe-synthetic", "mixtral-synthetic", "qwen3-synthetic", "olmoe-recorded"} <= set(catalog.list_traces())
     for name in catalog.list_traces():
         trace = catalog.get_trace(name)
-        assert trace.kind == "synthetic" and trace.model == catalog.TRACES[name]["model"]
+        assert trace.kind == catalog.TRACES[name]["kind"] and trace.model == catalog.TRACES[name]["model"]
+        assert trace.kind in name  # a synthetic trace is never called recorded, nor the reverse
         assert trace.spec_scores is not None and trace.gate_weights is not None
+    recorded = catalog.get_trace("olmoe-recorded")
+    assert "not OLMoE-1B-7B" in recorded.meta["description"] and "trained by this project" in recorded.meta["description"]
     info = catalog.trace_info("olmoe-synthetic")
     assert info["exists"] and info["tokens"] > 1000 and set(info["domains"]) == {"arxiv", "book", "c4", "github",
                                                                                "wikipedia"}
