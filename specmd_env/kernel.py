@@ -373,6 +373,15 @@ def _serve_hit(cfg_i, cfg_f, fst, ist, slot_i, slot_f, obj_i, lists, met, obj, t
     slot_f[SL_FREE_AT, slot] = _compute(cfg_f, fst, met, slot_f[SL_READY, slot], tokens)
 
 
+@njit(cache=True, inline="always")
+def _ask_victim(ist, met, kind, obj):
+    """Pause the replay: the caller must choose the slot ``obj`` (needed for ``kind``) goes into."""
+    ist[I_PENDING] = kind
+    ist[I_PENDING_OBJ] = obj
+    met[M_DECISIONS] += 1
+    return NEED_VICTIM
+
+
 @njit(cache=True)
 def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj, occ_ptr, occ_pos,
             cfg_i, cfg_f, ist, fst, slot_i, slot_f, obj_i, lists, met, work, pass_end):
@@ -451,10 +460,7 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
                             t_decision = _earliest_free(cfg_i, slot_i, slot_f, lo, hi)  # streaming
                         fst[S_DECISION] = t_decision
                         if external:
-                            ist[I_PENDING] = DEMAND
-                            ist[I_PENDING_OBJ] = obj
-                            met[M_DECISIONS] += 1
-                            return NEED_VICTIM
+                            return _ask_victim(ist, met, DEMAND, obj)
                         slot = _choose_victim(cfg_i, ist, slot_i, slot_f, obj_i, lists, occ_ptr, occ_pos, lo, hi,
                                               t_decision, j)
                         if cfg_i[C_POLICY] == BELADY_BYPASS and next_use(obj, j, occ_ptr, occ_pos, obj_i) >= \
@@ -507,10 +513,7 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
                                 continue
                             fst[S_DECISION] = t_issue
                             if external:
-                                ist[I_PENDING] = PREFETCH
-                                ist[I_PENDING_OBJ] = obj
-                                met[M_DECISIONS] += 1
-                                return NEED_VICTIM
+                                return _ask_victim(ist, met, PREFETCH, obj)
                             slot = _choose_victim(cfg_i, ist, slot_i, slot_f, obj_i, lists, occ_ptr, occ_pos, plo, phi,
                                                   t_issue, last - 1)
                             _evict(ist, slot_i, obj_i, met, slot)
