@@ -81,27 +81,56 @@ def read_metadata(model_path: str | Path) -> dict[str, Any]:
 
 
 def infer_algo(model_path: str | Path) -> str:
-    """The algorithm that saved ``model_path``: from its metadata JSON, else from the policy class in the .zip."""
-    meta = read_metadata(model_path)
-    if meta.get("algo"):
-        return str(meta["algo"])
-    from stable_baselines3.common.save_util import json_to_data
-    from stable_baselines3.dqn.policies import DQNPolicy
+    """The algorithm that saved ``model_path``, from the metadata ``specmd train`` wrote beside it."""
+    algo = read_metadata(model_path).get("algo")
+    if not algo:
+        raise SpecMDError(f"{model_path}: no training metadata ({Path(model_path).with_suffix('.json').name}) beside it; "
+                          "this project loads agents without unpickling, which needs the algorithm, policy and env "
+                          "recorded there by `specmd train`")
+    return str(algo)
 
+
+def archive_timesteps(model_path: str | Path) -> int:
+    """``num_timesteps`` from an SB3 archive's ``data`` member, read as plain JSON (nothing unpickled)."""
     try:
         with zipfile.ZipFile(model_path) as zf:
-            data = json_to_data(zf.read("data").decode())
-    except (KeyError, zipfile.BadZipFile, ValueError) as exc:
-        raise SpecMDError(f"{model_path} is not a Stable-Baselines3 model archive ({exc})") from exc
-    policy = data.get("policy_class")
-    if isinstance(policy, type):
-        if issubclass(policy, MaskableActorCriticPolicy):
-            return "maskable_ppo"
-        if issubclass(policy, DQNPolicy):
-            return "dqn"
-    if "exploration_rate" in data or "target_update_interval" in data:
-        return "dqn"
-    return "ppo" if "clip_range" in data else "a2c"
+            return int(json.loads(zf.read("data").decode()).get("num_timesteps", 0))
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise SpecMDError(f"{model_path} is not a Stable-Baselines3 model archive ({exc})") from None
+
+
+def load_weights(model, path: str | Path, device: str = "cpu") -> None:
+    """Put an archive's weights (and optimiser state) into ``model``. SB3's ``set_parameters`` reads only
+    the ``.pth`` members, with ``torch.load(weights_only=True)``; ``Algorithm.load`` would also
+    cloudpickle-decode the ``data`` member, which this project never does."""
+    try:
+        model.set_parameters(str(path), exact_match=True, device=device)
+    except (KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as exc:
+        raise SpecMDError(f"{path}: its weights do not fit the network rebuilt from its metadata ({exc})") from None
+
+
+def rebuild_model(path: str | Path, meta: dict[str, Any], env=None, device: str = "cpu"):
+    """The trained model, rebuilt from its metadata (algorithm, policy, policy kwargs, the env's spaces)
+    with its weights loaded by :func:`load_weights`: no pickle anywhere."""
+    import gymnasium as gym
+
+    import specmd_env  # noqa: F401  (registers the environments)
+    from agents.train import _policy_kwargs, resolve_policy
+
+    hp = meta.get("hyperparams") or {}
+    own_env = env is None
+    env = gym.make(meta["env_id"], **(meta.get("env_kwargs") or {})) if own_env else env
+    try:
+        algo = infer_algo(path)
+        extra = {"buffer_size": 1} if algo == "dqn" else {}  # inference only: no replay memory
+        policy = resolve_policy(hp.get("policy") or meta.get("policy") or "MlpPolicy")
+        model = algo_class(algo)(policy, env, policy_kwargs=_policy_kwargs(hp.get("policy_kwargs")), device=device,
+                                 verbose=0, **extra)
+    finally:
+        if own_env:
+            env.close()
+    load_weights(model, path, device)
+    return model
 
 
 def _action_mask(obs, info, env) -> np.ndarray | None:
@@ -178,9 +207,9 @@ def load_learned_agent(path_or_name: str | Path, env=None, device: str = "cpu") 
     """
     path = resolve_model_path(path_or_name)
     algo = infer_algo(path)
-    model = algo_class(algo).load(str(path), device=device)
-    check_spaces(model, env)
     meta = read_metadata(path)
+    model = rebuild_model(path, meta, device=device)
+    check_spaces(model, env)
     return LearnedAgent(model, algo, name=meta.get("name", path.stem), env=env, metadata=meta)
 
 

@@ -452,9 +452,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.resume:
         if not Path(cfg.resume).is_file():
             raise SpecMDError(f"--resume: {cfg.resume} does not exist")
-        model = cls.load(cfg.resume, env=env, device=cfg.device, tensorboard_log=str(log_dir / "tb"))
-        model.set_random_seed(cfg.seed)
-        start = model.num_timesteps
+        # Rebuild the network from this run's settings and load the checkpoint's weights and optimiser
+        # state: SB3's cls.load would unpickle parts of the archive, which this project never does.
+        from agents.learned import archive_timesteps, load_weights
+        model = cls(policy, env, seed=cfg.seed, device=cfg.device, tensorboard_log=str(log_dir / "tb"), verbose=0,
+                    **algo_kwargs)
+        load_weights(model, cfg.resume, cfg.device)
+        model.num_timesteps = start = archive_timesteps(cfg.resume)
     else:
         model = cls(policy, env, seed=cfg.seed, device=cfg.device, tensorboard_log=str(log_dir / "tb"), verbose=0,
                     **algo_kwargs)

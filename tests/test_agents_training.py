@@ -16,6 +16,7 @@ import specmd_env  # noqa: E402,F401  (registers the env ids)
 from specmd_env.errors import SpecMDError  # noqa: E402
 
 from agents import evaluate as ev  # noqa: E402
+from agents.learned import TRAINED_DIR as TRAINED  # noqa: E402
 from agents.learned import LearnedAgent, infer_algo, load_learned_agent  # noqa: E402
 from agents.train import TrainConfig, load_hyperparams, parse_kwargs, train  # noqa: E402
 
@@ -60,8 +61,6 @@ def test_maskable_ppo_train_save_load_evaluate(tmp_path):
     assert saved["command"].startswith("specmd train --algo maskable_ppo")
     assert list((tmp_path / "maskable_ppo-run" / "checkpoints").glob("*.zip"))
     assert infer_algo(path) == "maskable_ppo"
-    path.with_suffix(".json").unlink()          # the algorithm is also read from the .zip alone
-    assert infer_algo(path) == "maskable_ppo"
 
     env = ev.make_eval_env(EVICT, dict(SMALL))
     agent = load_learned_agent(str(path), env)
@@ -99,6 +98,26 @@ def test_dqn_eviction_and_cli_evaluate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dqn" in out and "lru" in out and "95% CI" in out
     assert json.loads((tmp_path / "eval.json").read_text())["summary"][0]["n"] == 2
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    """Agents are rebuilt from their metadata and given their weights with torch.load(weights_only=True);
+    nothing in an archive is ever unpickled, and an archive without metadata is refused clearly."""
+    import pickle
+
+    import cloudpickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an agent archive was unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(cloudpickle, "loads", refuse)
+    agent = load_learned_agent("maskable_ppo_olmoe_evict")
+    assert agent.name == "maskable_ppo_olmoe_evict"
+    orphan = tmp_path / "orphan.zip"
+    orphan.write_bytes((TRAINED / "maskable_ppo_olmoe_evict.zip").read_bytes())
+    with pytest.raises(SpecMDError, match="no training metadata"):
+        load_learned_agent(str(orphan))
 
 
 def test_resume_from_checkpoint(tmp_path):
