@@ -401,10 +401,11 @@ def load_model(model_id: str, device: str = "cpu", dtype: str = "float32"):
         raise SpecMDError(f"unknown dtype {dtype!r}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
+        # use_safetensors: weights are read from safetensors only, never from pickled .bin checkpoints
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype, use_safetensors=True)
         except TypeError:  # transformers 4.x
-            model = AutoModelForCausalLM.from_pretrained(model_id, torch_dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(model_id, torch_dtype=torch_dtype, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
         raise SpecMDError(f"cannot load model {model_id!r}: {exc}") from None
     return model.to(device), tokenizer
