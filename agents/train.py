@@ -278,7 +278,6 @@ class FixedEpisodeEval:
         self.requests = [int(r) for r in (requests if requests is not None else split_ids[:2])]
 
     def episode(self, agent) -> dict[str, float]:
-        from agents.evaluate import run_episode
 
         obs, info = self.env.reset(seed=0, options={"requests": self.requests})
         total, steps, done = 0.0, 0, False

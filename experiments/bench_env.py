@@ -35,7 +35,7 @@ def bench_single(env, steps: int, rng) -> float:
     step = env.step
     j = 0
     t = time.perf_counter()
-    for k in range(steps):
+    for _ in range(steps):
         slot = draws[j]
         j += 1
         while not is_candidate(slot):  # uniform over the candidates (there is always one)

@@ -186,7 +186,7 @@ def markdown_table(summary: pd.DataFrame, limit: int | None = None) -> str:
 
 def pivot_markdown(table: pd.DataFrame, label: str, fmt=lambda c: str(c)) -> str:
     cols = list(table.columns)
-    lines = [f"| policy | " + " | ".join(f"{label} {fmt(c)}" for c in cols) + " |",
+    lines = ["| policy | " + " | ".join(f"{label} {fmt(c)}" for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for policy, row in table.iterrows():
         lines.append(f"| {policy} | " + " | ".join(_num(row[c], "norm") for c in cols) + " |")

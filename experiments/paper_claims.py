@@ -59,10 +59,6 @@ def report(data: dict, hardware: str = HARDWARE, capacities=CAPACITIES) -> tuple
 
     c5 = 0.05 if 0.05 in capacities else capacities[len(capacities) // 2]
     c1 = min(capacities)
-    best_hit = max(((k, r) for k, r in res.items() if k[0] == c5 and k[1] != "belady-bypass"),
-                   key=lambda kr: kr[1].hit_rate)
-    best_tok = max(((k, r) for k, r in res.items() if k[0] == c5 and k[1] != "belady-bypass"),
-                   key=lambda kr: kr[1].token_hit_rate)
     ratios = {}
     for cap in capacities:
         for pf in ("none", "score"):
@@ -73,7 +69,6 @@ def report(data: dict, hardware: str = HARDWARE, capacities=CAPACITIES) -> tuple
         base_pf = res[(cap, "lru", "score")].mean_ttft_seconds
         ls_pf = res[(cap, "least-stale", "score")].mean_ttft_seconds
         ttft[cap] = ((base - ls_pf) / base, (base_pf - ls_pf) / base_pf)
-    best_ttft_cap = max(capacities, key=lambda c: ttft[c][0])
     best_ratio_key = max(ratios, key=lambda k: (ratios[k][0] / ratios[k][1]) if ratios[k][1] else 0.0)
 
     lru_c1, ls_c1 = ratios[(c1, "score")]

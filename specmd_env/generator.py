@@ -56,7 +56,7 @@ import numpy as np
 
 from specmd_env.errors import SpecMDError
 from specmd_env.models import ModelSpec, get_model
-from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace, save_trace
+from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace
 
 GENERATOR_VERSION = "1"
 ALLENAI_DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")
@@ -229,7 +229,7 @@ def _structure(model_name: str, domains: tuple[str, ...], structure_seed: int, s
         prior -= prior.mean(axis=2, keepdims=True)
 
     phi = np.empty(len(domains))
-    for d, domain in enumerate(domains):
+    for d in range(len(domains)):
         if persistence is not None:
             phi[d] = persistence
         elif calibrated[d] and key == "olmoe":

@@ -4,7 +4,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import specmd_env
 from specmd_env import SpecMDError, simulate
 from specmd_env.agents import load_agent
 from specmd_env.catalog import get_trace

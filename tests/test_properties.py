@@ -2,7 +2,6 @@
 policies and prefetchers."""
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 

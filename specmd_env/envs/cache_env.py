@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +11,6 @@ from specmd_env import kernel as K
 from specmd_env.catalog import default_trace_name, get_trace
 from specmd_env.errors import SpecMDError
 from specmd_env.eviction import get_eviction
-from specmd_env.models import get_model
 from specmd_env.replay import Replay
 from specmd_env.reward import RewardWeights
 from specmd_env.envs import _core
