@@ -70,3 +70,21 @@ def test_empty_and_uninferable(tmp_path):
         import_allenai(write(tmp_path / "e.jsonl", []))
     with pytest.raises(TraceFormatError, match="cannot infer the model"):
         import_allenai(write(tmp_path / "u.jsonl", [record(0, layers=4)]))
+
+
+def test_imported_trace_replays_and_score_prefetch_refuses(tmp_path, capsys):
+    """A user with AllenAI's file replays real routing with one command; prefetchers that need speculative
+    scores refuse clearly (the oracle prefetcher, which reads the true routing, still runs)."""
+    from specmd_env import SpecMDError, simulate
+
+    src = write(tmp_path / "wiki.jsonl", [record(3), record(4)])
+    out = tmp_path / "wiki.npz"
+    assert main(["import-allenai", str(src), "--out", str(out), "--decode-tail", "16"]) == 0
+    assert main(["simulate", str(out), "--eviction", "least-stale", "--capacity", "0.05"]) == 0
+    assert "collision_misses" in capsys.readouterr().out
+    trace = load_trace(out)
+    result = simulate(trace, eviction="lru", prefetch="oracle", capacity=0.05)
+    assert result.accesses > 0 and result.prefetches_issued > 0 and result.output_tokens == 2 * 16
+    with pytest.raises(SpecMDError, match="needs speculative scores.*spec_scores"):
+        simulate(trace, prefetch="score")
+    assert main(["simulate", str(out), "--prefetch", "topk"]) == 2  # the CLI's clear error, not a traceback
