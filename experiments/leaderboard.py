@@ -244,21 +244,21 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
         f"`{CSV_NAME}` (one row per run; `run_id` hashes every setting), `hit_rate_vs_capacity.png`, "
         "`collisions_least_stale_vs_lru.png`, `ttft_by_hardware.png`.",
     ]
-    if agent_summary is not None:
-        cells = sorted({(t, c, h) for t, c, h in zip(agent_df["trace"], agent_df["capacity"], agent_df["hardware"])})
-        parts[parts.index("## Score by capacity"):parts.index("## Score by capacity")] = [
+    if agent_summary:
+        section = [
             "## Learned agents",
             "",
-            "A learned agent makes every eviction decision through its network (milliseconds each, tens of "
-            "thousands per full replay), so it is scored on its own cell -- the model, capacity and hardware it "
-            f"fits ({'; '.join(f'{t}, capacity {c:g}, {h}' for t, c, h in cells)}), replaying the first "
-            f"{args.learned_requests} held-out requests of each seed's sample -- beside every handcrafted policy "
-            "and oracle rerun on exactly that workload (same score definition, anchors from that cell). The "
-            "requests come from the environment's test split; agents were trained on its train split only.",
-            "",
-            markdown_table(agent_summary),
+            "A learned agent makes every decision through its network (milliseconds each, tens of thousands per "
+            "full replay), so it is scored on its own cell -- the model, capacity and hardware it was trained "
+            f"for -- replaying the first {args.learned_requests} held-out requests of each seed's sample, beside "
+            "every handcrafted policy and oracle rerun on exactly that workload (same score definition, anchors "
+            "from that cell). The requests come from the environment's test split; agents were trained on its "
+            "train split only. One table per cell.",
             "",
         ]
+        for (trace, capacity, hardware), table in agent_summary.items():
+            section += [f"### {trace}, capacity {capacity:g}, {hardware}", "", markdown_table(table), ""]
+        parts[parts.index("## Score by capacity"):parts.index("## Score by capacity")] = section
     if notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
@@ -326,15 +326,16 @@ def run(args) -> int:
     agent_cells = df["trace"].map(is_agent_cell)
     main_df, agent_df = df[~agent_cells], df[agent_cells]
     summary = stats.summarise(main_df)
-    agent_summary = stats.summarise(agent_df) if (agent_df["agent"] != "").any() else None
+    agent_summary = {cell: stats.summarise(rows) for cell, rows in agent_df.groupby(["trace", "capacity", "hardware"])
+                     if (rows["agent"] != "").any()} or None  # one table per cell: never averaged across cells
     (out / MD_NAME).write_text(render(main_df, summary, args, notes, agent_df, agent_summary))
     if not args.no_plots:
         from experiments.plots import make_all
         make_all(main_df, out)
     if not args.quiet:
         print(markdown_table(summary))
-        if agent_summary is not None:
-            print("\nLearned agents, on their cell:\n" + markdown_table(agent_summary))
+        for (trace, capacity, hardware), table in (agent_summary or {}).items():
+            print(f"\nLearned agents on {trace}, capacity {capacity:g}, {hardware}:\n" + markdown_table(table))
         print(f"\nleaderboard: {len(df)} runs; wrote {out / MD_NAME}, {out / CSV_NAME}"
               f"{'' if args.no_plots else ' and plots'} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -94,14 +94,20 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
         # The observation and action spaces depend on the capacity: the env's default unless trained with another.
         want_capacity = kwargs.get("capacity", _env_default("capacity", 0.05))
         decision = kwargs.get("decision", registered.get("decision", "eviction"))
-        prefetch = "learned" if decision != "eviction" else str(kwargs.get("fixed_prefetch",
-                                                                         _env_default("fixed_prefetch", "score")))
+        learned = f"learned:{name}"
+        eviction = learned if decision != "prefetch" else str(
+            kwargs.get("fixed_eviction", registered.get("fixed_eviction", _env_default("fixed_eviction", "least-stale"))))
+        prefetch = learned if decision != "eviction" else str(
+            kwargs.get("fixed_prefetch", registered.get("fixed_prefetch", _env_default("fixed_prefetch", "score"))))
         added = 0
         for base in base_specs:
             if want_model and get_model(want_model).name != base.model:
                 continue
-            if float(want_capacity) != base.capacity or base.hardware not in hardware or base.agent:
+            if base.hardware not in hardware or base.agent:
                 continue
+            # The agent's own capacity (its spaces depend on it), even when the sweep has no such column:
+            # the handcrafted policies are rerun there too.
+            base = replace(base, capacity=float(want_capacity))
             requests = tuple(base.requests) if base.requests is not None else tuple(range(load_n(base)))
             held_out = held_out_requests(base)
             requests = tuple(r for r in requests if r in held_out)[:max_requests]  # never its training requests
@@ -110,8 +116,7 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
             label = f"{base.trace}{SUBSET_MARK}{len(requests)}"
             hand = replace(base, trace=label, requests=requests)
             specs.setdefault(hand.run_id, hand)
-            agent = replace(hand, eviction=f"learned:{name}", prefetch=prefetch, agent=name,
-                            agent_path=str(path.resolve()))
+            agent = replace(hand, eviction=eviction, prefetch=prefetch, agent=name, agent_path=str(path.resolve()))
             if agent.run_id not in specs:
                 specs[agent.run_id] = agent
                 added += 1

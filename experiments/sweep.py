@@ -77,7 +77,7 @@ class RunSpec:
     sample_frac: float
     requests: tuple[int, ...] | None   # trace request indices, or None for all
     weights: tuple[float, float, float]  # RewardWeights (collision, latency, miss)
-    agent: str = ""         # learned agent name ('' for handcrafted policies); eviction is then 'learned:<name>'
+    agent: str = ""         # learned agent name ("" for handcrafted policies); what it decides is labelled "learned:<name>"
     agent_path: str = ""
     delay: float = 0.0      # test hook: seconds to sleep before the run (never part of the id)
 
