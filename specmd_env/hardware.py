@@ -51,9 +51,16 @@ class HardwareProfile:
         Works elementwise on numpy arrays."""
         return np.maximum(flops / (self.bf16_tflops * 1e12), nbytes / (self.gpu_mem_bandwidth_gbps * 1e9))
 
-    def expert_seconds(self, model: ModelSpec, num_tokens: int) -> float:
-        """One routed expert applied to ``num_tokens`` tokens (weights read once, 2 FLOPs per MAC)."""
-        return self.roofline_seconds(2.0 * model.expert_params * num_tokens, model.expert_bytes)
+    def expert_roofline(self, model: ModelSpec) -> tuple[float, float]:
+        """(seconds per token, floor): one routed expert takes max(per_token x tokens, floor) -- its
+        arithmetic (2 FLOPs per MAC) or reading its weights once, whichever is slower."""
+        return 2.0 * model.expert_params / (self.bf16_tflops * 1e12), \
+            model.expert_bytes / (self.gpu_mem_bandwidth_gbps * 1e9)
+
+    def expert_seconds(self, model: ModelSpec, num_tokens):
+        """One routed expert applied to ``num_tokens`` tokens. Elementwise on arrays."""
+        per_token, floor = self.expert_roofline(model)
+        return np.maximum(per_token * num_tokens, floor)
 
     def dense_seconds(self, model: ModelSpec, num_tokens, attended_pairs, kv_tokens):
         """A layer's non-routed part for one forward pass: attention projections and shared experts on

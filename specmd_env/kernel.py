@@ -41,15 +41,15 @@ DEMAND, PREFETCH, PREFETCH_CHOICE = 1, 2, 3  # what a pending decision is for
 
 # cfg_i: integer configuration ---------------------------------------------------------------------------
 (C_POLICY, C_CAPACITY, C_LAYERS, C_EXPERTS, C_PER_ACCESS, C_SCOPES, C_LOOKAHEAD, C_DROP,
- C_BUDGET, C_HAS_NEXT_USE, C_SEED, C_EXT_PREFETCH, N_CFG_I) = range(13)
+ C_BUDGET, C_EXT_PREFETCH, N_CFG_I) = range(11)
 # cfg_f: float configuration ------------------------------------------------------------------------------
-F_XFER, F_EXPERT_PER_TOKEN, F_EXPERT_MIN, F_EXPERT_BYTES, N_CFG_F = range(5)
+F_XFER, F_EXPERT_PER_TOKEN, F_EXPERT_MIN, N_CFG_F = range(4)
 
 # ist: integer state --------------------------------------------------------------------------------------
 (I_EVENT, I_PHASE, I_INDEX, I_TICK, I_PASS, I_PASS_TICK, I_RNG, I_PENDING, I_PENDING_OBJ, I_ACTION,
  I_NMISS, I_BUDGET, I_PF_COUNT, I_PF_READY, N_IST) = range(15)
 # fst: float state ---------------------------------------------------------------------------------------
-S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_PASS_START, N_FST = range(6)
+S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, N_FST = range(5)
 # slot_i rows: per cache slot ----------------------------------------------------------------------------
 (SL_OBJ, SL_INSERT, SL_USE, SL_TOUCH, SL_COUNT, SL_PREFETCHED,
  SL_USE_PREV, SL_USE_NEXT, SL_TOUCH_PREV, SL_TOUCH_NEXT, SL_INS_PREV, SL_INS_NEXT, N_SLOT_I) = range(13)
@@ -412,7 +412,6 @@ def advance(ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est, pf_ptr, pf_obj,
             if ev_pass[e] != ist[I_PASS]:  # a new forward pass: everything current becomes stale
                 ist[I_PASS] = ev_pass[e]
                 ist[I_PASS_TICK] = ist[I_TICK]
-                fst[S_PASS_START] = fst[S_COMPUTE]
             fst[S_COMPUTE] += ev_dense[e]
             fst[S_ROUTER] = fst[S_COMPUTE]
             n_miss = 0

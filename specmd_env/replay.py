@@ -118,19 +118,16 @@ class Replay:
         cfg_i[kernel.C_LOOKAHEAD] = self.lookahead
         cfg_i[kernel.C_DROP] = self.miss == "drop"
         cfg_i[kernel.C_BUDGET] = budget
-        cfg_i[kernel.C_SEED] = self.seed
         cfg_i[kernel.C_EXT_PREFETCH] = external_prefetch
         cfg_f = np.zeros(kernel.N_CFG_F, np.float64)
         cfg_f[kernel.F_XFER] = self.hardware.transfer_seconds(self.model.expert_bytes)
-        cfg_f[kernel.F_EXPERT_PER_TOKEN] = 2.0 * self.model.expert_params / (self.hardware.bf16_tflops * 1e12)
-        cfg_f[kernel.F_EXPERT_MIN] = self.model.expert_bytes / (self.hardware.gpu_mem_bandwidth_gbps * 1e9)
-        cfg_f[kernel.F_EXPERT_BYTES] = self.model.expert_bytes
+        cfg_f[kernel.F_EXPERT_PER_TOKEN], cfg_f[kernel.F_EXPERT_MIN] = self.hardware.expert_roofline(self.model)
         self.cfg_i, self.cfg_f = cfg_i, cfg_f
         (self.ist, self.fst, self.slot_i, self.slot_f, self.obj_i, self.met, self.work,
          self.lists) = kernel.new_state(self.capacity, self.model.num_routed_experts, self.model.num_experts,
                                         int(cfg_i[kernel.C_SCOPES]), self.seed)
         self.pass_end = np.zeros(self.plan.num_passes, np.float64)
-        self._chunks = iter(list(self.plan.chunks()))
+        self._chunks = self.plan.chunks()
         self.chunk = None
         self.done = self.plan.num_passes == 0
         self._next_chunk()
