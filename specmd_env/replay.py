@@ -242,12 +242,6 @@ class Replay:
                               f"empty, or outside this layer's share); candidates: {np.flatnonzero(self.candidate_mask()).tolist()}")
         self.ist[kernel.I_ACTION] = int(slot)
 
-    def next_use(self, obj: int) -> int:
-        """Oracle fact: access position of ``obj``'s next use in this chunk (kernel.NEVER if none)."""
-        c = self.chunk
-        position = c.ev_ptr[self.ist[kernel.I_EVENT]]
-        return int(kernel.next_use(obj, position - 1, c.occ_ptr, c.occ_pos, self.obj_i)) if c is not None else int(kernel.NEVER)
-
     def run(self) -> Result:
         """Replay to the end, asking the policy objects (if any) at each decision; return the result."""
         while self.advance():
