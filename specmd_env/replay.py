@@ -1,21 +1,26 @@
 """A replay: one trace, one cache configuration, driven chunk by chunk through the compiled kernel.
 
-:class:`Replay` resolves names to specs, plans the forward passes, feeds schedule chunks to
-:func:`specmd_env.kernel.advance` and turns the kernel's counters into a :class:`Result`. With a
-built-in eviction policy, :meth:`Replay.run` makes no Python call per access. With an *external*
-policy (the Gymnasium environment, or any object with ``choose_victim(replay) -> slot``) the kernel
-pauses at every eviction decision; :meth:`Replay.advance` and :meth:`Replay.decide` drive it.
+:class:`Replay` resolves names to specs, plans the forward passes, lays the state out in arenas
+(:mod:`specmd_env.kernel.layout`), feeds schedule chunks to :func:`specmd_env.kernel.advance` and turns
+the kernel's counters into a :class:`Result`. Compiled policies run inside the kernel: :meth:`run`
+makes no Python call per access. Decisions the caller makes itself (``decide=("eviction",)``: the
+Gymnasium environment; or a Python policy object, the slow path) pause the kernel; :meth:`advance`,
+:meth:`decide` and :meth:`choose_prefetch` drive it, and :class:`PythonView` shows a Python policy
+the same named state a compiled one sees.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from specmd_env import kernel
+from specmd_env import kernel as K
 from specmd_env.errors import SpecMDError
 from specmd_env.eviction import EvictionPolicy, get_eviction
 from specmd_env.hardware import HardwareProfile, capacity_slots, get_profile
+from specmd_env.kernel.layout import Arenas, argument_table, scope_bounds
+from specmd_env.kernel.setup import start_replay
 from specmd_env.models import ModelSpec, get_model
+from specmd_env.policy import work_size
 from specmd_env.prefetch import Prefetcher, get_prefetcher
 from specmd_env.result import Result
 from specmd_env.schedule import PassPlan, build_chunk, plan_passes
@@ -25,6 +30,8 @@ SCOPES = ("global", "per-layer")
 MODES = ("event", "per-access")
 MISS_HANDLING = ("fetch", "drop")
 EXTERNAL = "external"
+DECISIONS = ("eviction", "prefetch")
+_NO_SCORES = np.zeros(1, np.float32)
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -40,14 +47,19 @@ def _choice(name: str, value, allowed) -> str:
 
 
 class Replay:
-    """One replay of ``trace``; see :func:`specmd_env.simulate` for the meaning of every keyword."""
+    """One replay of ``trace``; see :func:`specmd_env.simulate` for the meaning of every keyword.
+
+    ``decide``: the decisions the caller makes itself ("eviction": every victim, with ``eviction`` as
+    the policy that keeps its state and answers for invalid choices; "prefetch": the experts of layer
+    l + lookahead to fetch). ``observe``: keep what the environment's observation reads (the kernel's
+    slot orders, speculative scores, rank tables)."""
 
     def __init__(self, trace: Trace, *, model: str | ModelSpec | None = None,
                  hardware: str | HardwareProfile = "paper-a100-5gbps", capacity: float | int = 0.05,
                  eviction="lru", prefetch: str | Prefetcher | None = "none", lookahead: int = 1,
                  batch_size: int = 1, scope: str = "global", mode: str = "event", miss: str = "fetch",
                  prefetch_mass: float = 0.8, prefetch_max: int | None = None, prefetch_budget="engine",
-                 seed: int = 0, requests=None):
+                 seed: int = 0, requests=None, decide: tuple = (), observe: bool = False):
         if not isinstance(trace, Trace):
             raise SpecMDError(f"trace must be a specmd_env.Trace (see specmd_env.load_trace), got {type(trace).__name__}")
         self.trace = trace
@@ -58,25 +70,29 @@ class Replay:
                 f"trace shape {trace.num_layers} layers x {trace.num_experts} experts, top-{trace.top_k} does not "
                 f"match model {self.model.name!r} ({self.model.num_layers} x {self.model.num_experts}, "
                 f"top-{self.model.top_k})")
+        L = self.model.num_layers
         self.hardware = get_profile(hardware)
         self.capacity = capacity_slots(self.model, capacity)
         self.lookahead = _positive_int("lookahead", lookahead)
-        if self.lookahead >= self.model.num_layers:
-            raise SpecMDError(f"lookahead must be below the layer count {self.model.num_layers}, got {lookahead}")
+        if self.lookahead >= L:
+            raise SpecMDError(f"lookahead must be below the layer count {L}, got {lookahead}")
         self.batch_size = _positive_int("batch_size", batch_size)
         self.scope = _choice("scope", scope, SCOPES)
         self.mode = _choice("mode", mode, MODES)
         self.miss = _choice("miss", miss, MISS_HANDLING)
-        if self.scope == "per-layer" and self.capacity // self.model.num_layers < 1:
+        unknown = set(decide) - set(DECISIONS)
+        if unknown:
+            raise SpecMDError(f"decide may hold {DECISIONS}, got {sorted(unknown)}")
+        if self.scope == "per-layer" and self.capacity < L:
             raise SpecMDError(f"scope='per-layer' needs at least one slot per layer: capacity {capacity!r} gives "
-                              f"{self.capacity} slots for {self.model.num_layers} layers")
-        if prefetch_budget == "engine":
-            budget = -1
-        else:
-            budget = _positive_int("prefetch_budget", prefetch_budget, minimum=0)
+                              f"{self.capacity} slots for {L} layers")
+        budget = -1 if prefetch_budget == "engine" else _positive_int("prefetch_budget", prefetch_budget, minimum=0)
+        self.seed = _positive_int("seed", seed, minimum=0)
+
+        # -- prefetcher ---------------------------------------------------------------------------------
         self.prefetch_object = None
-        external_prefetch = prefetch == EXTERNAL or hasattr(prefetch, "choose_prefetch")
-        if hasattr(prefetch, "choose_prefetch"):
+        external_prefetch = "prefetch" in decide or prefetch == EXTERNAL or hasattr(prefetch, "propose_python")
+        if hasattr(prefetch, "propose_python"):
             self.prefetch_object = prefetch
         self.external_prefetch = external_prefetch
         self.prefetcher = get_prefetcher("none" if external_prefetch else prefetch, self.model.top_k,
@@ -87,19 +103,24 @@ class Replay:
             raise SpecMDError(f"prefetch={self.prefetcher.name!r} needs speculative scores, but this trace has none"
                               f"{f' (its metadata lists as missing: {missing})' if missing else ''}; "
                               f"use prefetch='none' or the 'oracle' prefetcher")
+
+        # -- eviction policy ----------------------------------------------------------------------------
         self.policy_object = None
-        if eviction == EXTERNAL:
-            self.eviction_label, code, self.eviction_is_oracle = EXTERNAL, kernel.EXTERNAL, False
-        elif hasattr(eviction, "choose_victim"):
-            self.policy_object = eviction
-            self.eviction_label = getattr(eviction, "name", type(eviction).__name__)
-            self.eviction_is_oracle = bool(getattr(eviction, "is_oracle", False))
-            code = kernel.EXTERNAL
+        external_eviction = "eviction" in decide or eviction == EXTERNAL
+        policy = get_eviction("lru" if eviction == EXTERNAL else eviction)
+        if not isinstance(policy, EvictionPolicy):  # a Python object: the slow path
+            self.policy_object = policy
+            self.eviction_label = getattr(policy, "name", type(policy).__name__)
+            self.eviction_is_oracle = bool(getattr(policy, "is_oracle", False))
+            external_eviction, policy = True, None
         else:
-            policy: EvictionPolicy = get_eviction(eviction)
-            self.eviction_label, code, self.eviction_is_oracle = policy.label, policy.code, policy.is_oracle
-        self.needs_next_use = code in (kernel.BELADY, kernel.BELADY_BYPASS) or code == kernel.EXTERNAL
-        self.seed = _positive_int("seed", seed, minimum=0)
+            self.eviction_label = EXTERNAL if eviction == EXTERNAL else policy.label
+            self.eviction_is_oracle = policy.is_oracle
+        self.policy: EvictionPolicy | None = policy
+        self.external_eviction = external_eviction
+        self.needs_next_use = self.eviction_is_oracle or external_eviction
+        self.observe = bool(observe)
+        self.with_spec = trace.spec_scores is not None and (self.prefetcher.needs_spec_scores or self.observe)
         if requests is not None:
             chosen = np.asarray(requests)
             if chosen.ndim != 1 or (chosen.size and (chosen.dtype.kind not in "iu" or chosen.min() < 0
@@ -108,29 +129,92 @@ class Replay:
                                   f"got {requests!r:.120}")
 
         self.plan: PassPlan = plan_passes(trace, self.batch_size, requests)
-        cfg_i = np.zeros(kernel.N_CFG_I, np.int64)
-        cfg_i[kernel.C_POLICY] = code
-        cfg_i[kernel.C_CAPACITY] = self.capacity
-        cfg_i[kernel.C_LAYERS] = self.model.num_layers
-        cfg_i[kernel.C_EXPERTS] = self.model.num_experts
-        cfg_i[kernel.C_PER_ACCESS] = self.mode == "per-access"
-        cfg_i[kernel.C_SCOPES] = 1 if self.scope == "global" else self.model.num_layers
-        cfg_i[kernel.C_LOOKAHEAD] = self.lookahead
-        cfg_i[kernel.C_DROP] = self.miss == "drop"
-        cfg_i[kernel.C_BUDGET] = budget
-        cfg_i[kernel.C_EXT_PREFETCH] = external_prefetch
-        cfg_f = np.zeros(kernel.N_CFG_F, np.float64)
-        cfg_f[kernel.F_XFER] = self.hardware.transfer_seconds(self.model.expert_bytes)
-        cfg_f[kernel.F_EXPERT_PER_TOKEN], cfg_f[kernel.F_EXPERT_MIN] = self.hardware.expert_roofline(self.model)
-        self.cfg_i, self.cfg_f = cfg_i, cfg_f
-        (self.ist, self.fst, self.slot_i, self.slot_f, self.obj_i, self.met, self.work,
-         self.lists) = kernel.new_state(self.capacity, self.model.num_routed_experts, self.model.num_experts,
-                                        int(cfg_i[kernel.C_SCOPES]), self.seed)
-        self.pass_end = np.zeros(self.plan.num_passes, np.float64)
+        self._progress = self.plan.passes_since_group_start()
+        self._pass_ready = np.zeros(self.plan.num_passes)  # the earliest time each pass may start
+        self._build_state(budget, external_eviction, external_prefetch)
         self._chunks = self.plan.chunks()
         self.chunk = None
         self.done = self.plan.num_passes == 0
         self._next_chunk()
+        start_replay(self.tab)
+
+    # -- state --------------------------------------------------------------------------------------
+    def _build_state(self, budget: int, external_eviction: bool, external_prefetch: bool) -> None:
+        L, E, C = self.model.num_layers, self.model.num_experts, self.capacity
+        scopes = scope_bounds(C, L, self.scope == "per-layer")
+        S = scopes.shape[1]
+        pol_i, pol_f = (self.policy.new_state(C, L, E, S) if self.policy is not None
+                        else (np.zeros(0, np.int64), np.zeros(0, np.float64)))
+        pf_i, pf_f = self.prefetcher.new_state(C, L, E, S)
+        n_obj = self.model.num_routed_experts
+        queue = C + E + 1
+        parts_i = [(K.H_CFG_I, (K.N_CFG_I,)), (K.H_IST, (K.N_IST,)), (K.H_SLOT_I, (K.N_SLOT_I, C)),
+                   (K.H_OBJ_I, (K.N_OBJ_I, n_obj)), (K.H_LISTS, (K.N_LISTS, S)), (K.H_SCOPE, (K.N_SCOPE, S)),
+                   (K.H_WORK, (work_size(L, E),)), (K.H_POL_I, pol_i.shape), (K.H_PF_I, pf_i.shape),
+                   (K.H_QUEUE_I, (K.N_QUEUE_I, queue)), (K.H_LOG, (K.LOG_WIDTH * K.LOG_ENTRIES,))]
+        parts_f = [(K.H_CFG_F, (K.N_CFG_F,)), (K.H_FST, (K.N_FST,)), (K.H_SLOT_F, (K.N_SLOT_F, C)),
+                   (K.H_MET, (K.N_MET,)), (K.H_PASS_END, (self.plan.num_passes,)), (K.H_POL_F, pol_f.shape),
+                   (K.H_PF_F, pf_f.shape), (K.H_QUEUE_F, (K.N_QUEUE_F, queue))]
+        if self.observe:
+            from specmd_env.envs.observation import layer_table, rank_table
+            ranks, layers = rank_table(C, L, S, scopes), layer_table(L)
+            parts_f += [(K.H_RANK_TAB, ranks.shape), (K.H_LAYER_TAB, layers.shape), (K.H_REWARD, (K.REWARD_PART,))]
+        arenas = Arenas(parts_i, parts_f)
+        si = arenas.si
+        si[K.H_WORK_LEN], si[K.H_CAP], si[K.H_OBJS], si[K.H_NSCOPES] = work_size(L, E), C, n_obj, S
+        si[K.H_POL_I_LEN], si[K.H_POL_F_LEN] = pol_i.size, pol_f.size
+        si[K.H_PF_I_LEN], si[K.H_PF_F_LEN] = pf_i.size, pf_f.size
+        si[K.H_QUEUE_LEN], si[K.H_PASS_END_LEN] = queue, self.plan.num_passes
+        si[K.H_LOG_LEN] = K.LOG_WIDTH * K.LOG_ENTRIES
+        if self.observe:
+            si[K.H_RANK_LEN] = ranks.size
+            arenas.view(K.H_RANK_TAB)[:] = ranks
+            arenas.view(K.H_LAYER_TAB)[:] = layers
+        self.si, self.sf = si, arenas.sf
+        (self.cfg_i, self.ist, self.slot_i, self.obj_i, self.lists, self.scopes, self.work, self.cfg_f, self.fst,
+         self.slot_f, self.met, self.pass_end) = (arenas.view(h) for h in (
+            K.H_CFG_I, K.H_IST, K.H_SLOT_I, K.H_OBJ_I, K.H_LISTS, K.H_SCOPE, K.H_WORK, K.H_CFG_F, K.H_FST,
+            K.H_SLOT_F, K.H_MET, K.H_PASS_END))
+        self.scopes[:] = scopes
+        arenas.view(K.H_POL_I)[:], arenas.view(K.H_POL_F)[:] = pol_i, pol_f
+        arenas.view(K.H_PF_I)[:], arenas.view(K.H_PF_F)[:] = pf_i, pf_f
+
+        cfg = self.cfg_i
+        cfg[K.C_CAPACITY], cfg[K.C_LAYERS], cfg[K.C_EXPERTS], cfg[K.C_NSCOPES] = C, L, E, S
+        cfg[K.C_PER_ACCESS] = self.mode == "per-access"
+        cfg[K.C_LOOKAHEAD] = self.lookahead
+        cfg[K.C_BUDGET] = budget
+        cfg[K.C_MISS] = K.MISS_DROP if self.miss == "drop" else K.MISS_FETCH
+        cfg[K.C_EXT_EVICT], cfg[K.C_EXT_PREFETCH] = external_eviction, external_prefetch
+        if self.policy is not None:
+            cfg[K.C_VICTIM_FN], cfg[K.C_EVENT_FN] = self.policy.hook_addresses
+            cfg[K.C_EVENT_MASK] = self.policy.event_mask
+        cfg[K.C_PF_FN], cfg[K.C_PF_EVENT_FN] = self.prefetcher.hook_addresses
+        cfg[K.C_PF_EVENT_MASK] = self.prefetcher.event_mask
+        cfg[K.C_ORDERS] = self.observe or (self.policy is not None and self.policy.needs_orders)
+        cfg[K.C_NEXT_USE] = self.needs_next_use
+        cfg[K.C_SHIFT] = int(np.log2(E)) if E & (E - 1) == 0 else -1
+        self.cfg_f[K.F_XFER] = self.hardware.transfer_seconds(self.model.expert_bytes)
+        self.cfg_f[K.F_EXPERT_PER_TOKEN], self.cfg_f[K.F_EXPERT_MIN] = self.hardware.expert_roofline(self.model)
+
+        mixed = (self.seed * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & (2**64 - 1)
+        self.ist[K.I_RNG] = np.array(mixed or 1, dtype=np.uint64).view(np.int64)
+        self.ist[K.I_PASS] = -1
+        self.ist[K.I_ACTION] = -1
+        self.slot_i[K.SL_OBJ] = -1
+        self.slot_f[K.SL_FREE_AT] = -np.inf
+        self.obj_i[K.OB_SLOT] = -1
+        self.obj_i[K.OB_EVICT_PASS] = -1
+        self.tab = np.zeros(2 * K.N_ARGS, np.int64)
+
+    def bind_table(self, row: np.ndarray) -> None:
+        """Keep the argument table in ``row`` (a row of the caller's table, e.g. a vector env's)."""
+        row[:] = self.tab
+        self.tab = row
+
+    @property
+    def tab_address(self) -> int:
+        return self.tab.ctypes.data
 
     # -- driving the kernel -------------------------------------------------------------------------
     def _next_chunk(self) -> bool:
@@ -139,24 +223,32 @@ class Replay:
             self.chunk = None
             return False
         p0, p1 = bounds
-        self.chunk = build_chunk(self.trace, self.plan, p0, p1, self.model, self.hardware,
-                                 with_spec=self.prefetcher.needs_spec_scores, with_next_use=self.needs_next_use)
-        self.pf_ptr, self.pf_obj = self.prefetcher.candidates(self.chunk, self.lookahead)
-        self.ist[kernel.I_EVENT] = 0
-        self.ist[kernel.I_PHASE] = kernel.P_START
-        self.obj_i[kernel.OB_CURSOR] = 0
+        c = self.chunk = build_chunk(self.trace, self.plan, p0, p1, self.model, self.hardware,
+                                     with_spec=self.with_spec, with_next_use=self.needs_next_use)
+        self.pf_ptr, self.pf_obj = self.prefetcher.candidates(c, self.lookahead)
+        # kept alive here while the kernel reads them through the argument table
+        self._chunk_arrays = (c.ev_ptr, c.ev_obj, c.ev_count, c.ev_pass, c.ev_dense, c.ev_est, c.ev_mass,
+                              self.pf_ptr, self.pf_obj, c.occ_ptr, c.occ_pos,
+                              _NO_SCORES if c.spec is None else c.spec.reshape(-1),
+                              self.plan.pass_kind[p0:p1], self._progress[p0:p1], self._pass_ready[p0:p1])
+        self.si[K.H_P0], self.si[K.H_P1] = p0, p1
+        self.si[K.H_HAS_SPEC] = c.spec is not None
+        argument_table((self.si, self.sf) + self._chunk_arrays, self.tab)
+        self.ist[K.I_EVENT] = 0
+        self.ist[K.I_PHASE] = K.P_START
+        self.obj_i[K.OB_CURSOR] = 0
         return True
-
-    def _kernel_args(self):
-        c = self.chunk
-        return (c.ev_ptr, c.ev_obj, c.ev_count, c.ev_pass, c.ev_dense, c.ev_est, self.pf_ptr, self.pf_obj,
-                c.occ_ptr, c.occ_pos, self.cfg_i, self.cfg_f, self.ist, self.fst, self.slot_i, self.slot_f,
-                self.obj_i, self.lists, self.met, self.work, self.pass_end[c.p0:c.p1])
 
     def advance(self) -> bool:
         """Replay until a decision is due (True: see :attr:`pending_kind`) or the trace ends (False)."""
         while not self.done:
-            if kernel.advance(*self._kernel_args()) != kernel.DONE:
+            status = K.advance(self.tab.ctypes.data)
+            if status == K.BAD_VICTIM:
+                raise SpecMDError(
+                    f"eviction policy {self.eviction_label!r} answered slot {int(self.ist[K.I_ACTION])}, which it may "
+                    f"not evict now (not a candidate of [{', '.join(map(str, self.decision_scope()))}); a victim "
+                    f"hook must return a candidate slot or -1")
+            if status != K.DONE:
                 return True
             if not self._next_chunk():
                 self.done = True
@@ -166,19 +258,19 @@ class Replay:
     def pending_kind(self) -> str | None:
         """What is due: 'demand' or 'prefetch' (a victim slot, answer with :meth:`decide`),
         'prefetch-choice' (experts to prefetch, answer with :meth:`choose_prefetch`), or None."""
-        return {kernel.DEMAND: "demand", kernel.PREFETCH: "prefetch",
-                kernel.PREFETCH_CHOICE: "prefetch-choice"}.get(int(self.ist[kernel.I_PENDING]))
+        return {K.DEMAND: "demand", K.PREFETCH: "prefetch",
+                K.PREFETCH_CHOICE: "prefetch-choice"}.get(int(self.ist[K.I_PENDING]))
 
     @property
     def current_event(self) -> tuple[int, int]:
         """(global pass index, layer) of the layer event being replayed."""
-        e = int(self.ist[kernel.I_EVENT])
+        e = int(self.ist[K.I_EVENT])
         return int(self.chunk.ev_pass[e]), e % self.model.num_layers
 
     @property
     def prefetch_budget(self) -> int:
-        """Transfers the copy engine may still start for the pending prefetch (-1 only when unset)."""
-        return int(self.ist[kernel.I_BUDGET])
+        """Transfers the copy engine may still start for layer l + lookahead (a fixed budget's count)."""
+        return int(self.ist[K.I_BUDGET])
 
     def speculative_scores(self) -> np.ndarray | None:
         """Mean speculative scores over the current pass's tokens for layer l + lookahead (what a
@@ -192,34 +284,43 @@ class Replay:
         tokens = self.plan.pass_tok[self.plan.pass_ptr[pass_index]:self.plan.pass_ptr[pass_index + 1]]
         return np.asarray(self.trace.spec_scores[tokens, row], np.float32).mean(axis=0)
 
-    def choose_prefetch(self, experts) -> None:
-        """Answer a 'prefetch-choice': expert ids of layer l + lookahead to fetch, best first (may be
-        empty). Experts already resident are hints; the copy-engine budget still applies."""
+    def choose_prefetch(self, experts, layer: int | None = None) -> None:
+        """Answer a 'prefetch-choice': expert ids of one later layer (default l + lookahead) to fetch,
+        best first (may be empty). Experts already resident are hints; the copy engine's limits apply."""
         if self.pending_kind != "prefetch-choice":
             raise SpecMDError("no prefetch choice is pending")
-        experts = np.asarray(experts, dtype=np.int64).ravel()
+        experts = np.asarray(experts).ravel()
         E = self.model.num_experts
+        if experts.size and experts.dtype.kind not in "iu":
+            raise SpecMDError(f"prefetch choice must be integer expert ids, got {experts.tolist()!r:.200}")
+        experts = experts.astype(np.int64)
         if len(experts) > E or (len(experts) and (experts.min() < 0 or experts.max() >= E)) \
                 or len(np.unique(experts)) != len(experts):
             raise SpecMDError(f"prefetch choice must be distinct expert ids in [0, {E}), got {experts.tolist()}")
-        _, layer = self.current_event
-        self.work[:len(experts)] = (layer + self.lookahead) * E + experts
-        self.ist[kernel.I_PF_COUNT] = len(experts)
-        self.ist[kernel.I_PF_READY] = 1
-        self.ist[kernel.I_PENDING] = 0
+        _, now = self.current_event
+        target = now + self.lookahead if layer is None else int(layer)
+        if not now < target < self.model.num_layers:
+            raise SpecMDError(f"prefetch target layer must be in ({now}, {self.model.num_layers}), got {target}")
+        base = K.prefetch_base(E)
+        self.work[base:base + len(experts)] = target * E + experts
+        self.ist[K.I_PF_COUNT] = len(experts)
+        self.ist[K.I_PF_READY] = 1
+        self.ist[K.I_PENDING] = 0
 
     @property
     def pending_object(self) -> int:
         """The (layer * E + expert) object that needs a slot."""
-        return int(self.ist[kernel.I_PENDING_OBJ])
+        return int(self.ist[K.I_PENDING_OBJ])
 
     @property
     def decision_time(self) -> float:
-        return float(self.fst[kernel.S_DECISION])
+        return float(self.fst[K.S_DECISION])
 
     def decision_scope(self) -> tuple[int, int]:
         """The slot range the pending object may use."""
-        return kernel.scope_range(self.cfg_i, self.pending_object // self.model.num_experts)
+        layer = self.pending_object // self.model.num_experts
+        sc = 0 if self.scopes.shape[1] == 1 else layer
+        return int(self.scopes[K.SC_LO, sc]), int(self.scopes[K.SC_HI, sc])
 
     def candidate_mask(self) -> np.ndarray:
         """Slots that may be evicted for the pending decision (pinned and in-flight ones may not)."""
@@ -228,8 +329,12 @@ class Replay:
             return mask
         lo, hi = self.decision_scope()
         t = self.decision_time
-        for s in range(lo, hi):
-            mask[s] = kernel.is_candidate(self.cfg_i, self.slot_i, self.slot_f, s, t)
+        s = np.arange(lo, hi)
+        occupied = self.slot_i[K.SL_OBJ, lo:hi] >= 0
+        if self.mode == "per-access":
+            mask[s] = occupied
+        else:
+            mask[s] = occupied & (self.slot_f[K.SL_FREE_AT, lo:hi] <= t) & (self.slot_f[K.SL_READY, lo:hi] <= t)
         return mask
 
     def decide(self, slot: int) -> None:
@@ -238,26 +343,32 @@ class Replay:
             raise SpecMDError(f"no eviction decision is pending (pending: {self.pending_kind})")
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.capacity \
                 or not self.candidate_mask()[slot]:
+            cands = np.flatnonzero(self.candidate_mask()).tolist()
             raise SpecMDError(f"slot {slot!r} may not be evicted now (pinned by the layer computing, in flight, "
-                              f"empty, or outside this layer's share); candidates: {np.flatnonzero(self.candidate_mask()).tolist()}")
-        self.ist[kernel.I_ACTION] = int(slot)
+                              f"empty, or outside this layer's share); candidates: {cands[:20]}"
+                              f"{' ...' if len(cands) > 20 else ''}")
+        self.ist[K.I_ACTION] = int(slot)
+
+    def view(self) -> "PythonView":
+        """The named state a Python policy reads (numpy views; valid until the replay moves on)."""
+        return PythonView(self)
 
     def run(self) -> Result:
-        """Replay to the end, asking the policy objects (if any) at each decision; return the result."""
+        """Replay to the end, asking the Python policy objects (if any) at each decision."""
         while self.advance():
             if self.pending_kind == "prefetch-choice":
                 if self.prefetch_object is None:
                     raise SpecMDError("prefetch='external' replays need choices: use advance()/choose_prefetch(), or the env")
-                self.choose_prefetch(self.prefetch_object.choose_prefetch(self))
+                self.choose_prefetch(self.prefetch_object.propose_python(self.view()))
             else:
                 if self.policy_object is None:
                     raise SpecMDError("eviction='external' replays need decisions: use advance()/decide(), or the env")
-                self.decide(self.policy_object.choose_victim(self))
+                self.decide(self.policy_object.victim(self.view()))
         return self.result()
 
     # -- results -----------------------------------------------------------------------------------
     def result(self) -> Result:
-        m = {name: self.met[i] for i, name in enumerate(kernel.METRIC_NAMES)}
+        m = {name: self.met[i] for i, name in enumerate(K.METRIC_NAMES)}
         plan = self.plan
         group_start = np.where(plan.group_first_pass > 0, self.pass_end[np.maximum(plan.group_first_pass - 1, 0)], 0.0)
         ttft = self.pass_end[plan.prefill_pass] - group_start if len(plan.prefill_pass) else np.zeros(0)
@@ -265,14 +376,52 @@ class Replay:
             tpot = np.where(plan.decode_tokens > 0,
                             (self.pass_end[plan.last_pass] - self.pass_end[plan.prefill_pass]) / plan.decode_tokens,
                             np.nan)
-        prefetched_resident = int(np.sum((self.slot_i[kernel.SL_PREFETCHED] == 1) & (self.slot_i[kernel.SL_OBJ] >= 0)))
-        counts = {k: int(v) for k, v in m.items() if k != "stall_seconds"}
+        prefetched_resident = int(np.sum((self.slot_i[K.SL_PREFETCHED] == 1) & (self.slot_i[K.SL_OBJ] >= 0)))
+        floats = {"stall_seconds", "gate_mass", "gate_mass_dropped", "gate_mass_substituted",
+                  "gate_mass_low_precision", "cpu_seconds", "demand_wait_seconds"}
+        counts = {k: int(v) for k, v in m.items() if k not in floats}
         return Result(
             eviction=self.eviction_label, prefetch=self.prefetch_label, model=self.model.name,
-            hardware=self.hardware.name, capacity_slots=self.capacity, stall_seconds=float(m["stall_seconds"]),
+            hardware=self.hardware.name, capacity_slots=int(self.scopes[K.SC_HI, -1]),
             prefetches_resident_at_end=prefetched_resident,
             bytes_moved=counts["transfers"] * self.model.expert_bytes,
             total_seconds=float(self.pass_end[-1]) if len(self.pass_end) else 0.0,
             prompt_tokens=int(np.sum(self.trace.prompt_lengths[plan.request_ids])),
             output_tokens=int(np.sum(plan.decode_tokens)),
-            ttft_seconds=ttft, tpot_seconds=tpot, **counts)
+            ttft_seconds=ttft, tpot_seconds=tpot, **counts, **{k: float(m[k]) for k in floats})
+
+
+class PythonView:
+    """What a Python policy sees: the same names as the compiled view (:mod:`specmd_env.policy`), as
+    numpy arrays over the replay's state, plus its methods. The slow path: one Python call per
+    decision (docs/POLICIES.md gives the measured speed)."""
+
+    def __init__(self, replay: Replay):
+        r = replay
+        self.replay = r
+        self.capacity, self.num_layers, self.num_experts = r.capacity, r.model.num_layers, r.model.num_experts
+        e = int(r.ist[K.I_EVENT])
+        self.now, self.layer, self.event = r.decision_time, e % self.num_layers, e
+        self.pass_id, self.incoming = int(r.ist[K.I_PASS]), int(r.ist[K.I_PENDING_OBJ])
+        self.decision = r.pending_kind
+        si = r.slot_i
+        self.slot_object, self.slot_layer, self.slot_expert = si[K.SL_OBJ], si[K.SL_LAYER], si[K.SL_EXPERT]
+        self.last_use, self.last_touch, self.inserted = si[K.SL_USE], si[K.SL_TOUCH], si[K.SL_INSERT]
+        self.uses, self.prefetched, self.touch_pass = si[K.SL_COUNT], si[K.SL_PREFETCHED], si[K.SL_TOUCH_PASS]
+        self.ready, self.busy_until = r.slot_f[K.SL_READY], r.slot_f[K.SL_FREE_AT]
+        self.total_uses, self.last_used, self.resident_slot = (r.obj_i[K.OB_USES], r.obj_i[K.OB_LAST_USE],
+                                                               r.obj_i[K.OB_SLOT])
+        self.lo, self.hi = r.decision_scope() if self.decision in ("demand", "prefetch") else (0, r.capacity)
+
+    def candidates(self) -> np.ndarray:
+        """Slot indices that may be evicted now."""
+        return np.flatnonzero(self.replay.candidate_mask())
+
+    def layer_ahead(self, s) -> np.ndarray:
+        """(the slot's layer - the layer computing) mod L; works on arrays of slots."""
+        return (self.slot_layer[s] - self.layer) % self.num_layers
+
+    def next_turn(self, s) -> np.ndarray:
+        """Layers until the slot's layer runs again (L for the layer computing now)."""
+        d = self.layer_ahead(s)
+        return np.where(d == 0, self.num_layers, d)

@@ -45,6 +45,15 @@ class Result:
     total_seconds: float
     prompt_tokens: int
     output_tokens: int
+    gate_mass: float                  # summed gate weight of every access (uniform 1/k per token if unknown)
+    gate_mass_dropped: float          # ... of experts skipped (miss='drop', the cascade's skips)
+    gate_mass_substituted: float      # ... of experts replaced by a resident one (substitution)
+    gate_mass_low_precision: float    # ... of experts served from a low-precision copy
+    low_precision_transfers: int
+    substituted_experts: int
+    cpu_experts: int                  # experts computed on the CPU instead of fetched
+    cpu_seconds: float
+    demand_wait_seconds: float        # time demand loads waited for the copy engine (queueing)
     ttft_seconds: np.ndarray = field(repr=False)     # per request: its batch group's start to its first token
     tpot_seconds: np.ndarray = field(repr=False)     # per request: mean time per output token (NaN if none)
 
@@ -59,6 +68,19 @@ class Result:
         share its transfer). In a prefill an expert used by 200 tokens misses at most once in 200.
         Papers that quote per-token hit rates mean this one; ``hit_rate`` is the stricter per-event one."""
         return 1.0 - self.misses / self.token_accesses if self.token_accesses else float("nan")
+
+    @property
+    def prefetch_covered_rate(self) -> float:
+        """Accesses that found their expert resident or already on its way (hits plus late prefetch
+        misses), over accesses: how much of the demand the cache and the prefetcher together covered."""
+        return (self.hits + self.late_prefetch_misses) / self.accesses if self.accesses else float("nan")
+
+    @property
+    def degraded_mass_fraction(self) -> float:
+        """The quality proxy: the share of gate mass that was dropped, substituted or served in low
+        precision (0 = every expert computed as the router chose it). A handler that drops work pays here."""
+        lost = self.gate_mass_dropped + self.gate_mass_substituted + self.gate_mass_low_precision
+        return lost / self.gate_mass if self.gate_mass else float("nan")
 
     @property
     def mean_ttft_seconds(self) -> float:
@@ -81,7 +103,9 @@ class Result:
     def as_dict(self) -> dict:
         """Scalars only (per-request arrays summarised by their means), ready for a table row."""
         row = {k: v for k, v in asdict(self).items() if not isinstance(v, np.ndarray)}
-        row.update(hit_rate=self.hit_rate, token_hit_rate=self.token_hit_rate, mean_ttft_seconds=self.mean_ttft_seconds,
+        row.update(hit_rate=self.hit_rate, token_hit_rate=self.token_hit_rate,
+                   prefetch_covered_rate=self.prefetch_covered_rate, degraded_mass_fraction=self.degraded_mass_fraction,
+                   mean_ttft_seconds=self.mean_ttft_seconds,
                    mean_tpot_seconds=self.mean_tpot_seconds, tokens_per_second=self.tokens_per_second,
                    output_tokens_per_second=self.output_tokens_per_second)
         return row

@@ -44,6 +44,14 @@ class PassPlan:
     def num_passes(self) -> int:
         return len(self.pass_kind)
 
+    def passes_since_group_start(self) -> np.ndarray:
+        """Per pass: how many passes its batch group has run before it (a causal progress measure)."""
+        n = self.num_passes
+        marks = np.zeros(n, np.int64)
+        if len(self.group_first_pass):
+            marks[self.group_first_pass] = self.group_first_pass
+        return (np.arange(n) - np.maximum.accumulate(marks)).astype(np.float64)
+
     def chunks(self):
         """Pass ranges [p0, p1) of bounded size (at least one pass each)."""
         p0, n = 0, self.num_passes
@@ -116,6 +124,7 @@ class Chunk:
     ev_pass: np.ndarray
     ev_dense: np.ndarray
     ev_est: np.ndarray
+    ev_mass: np.ndarray          # per access: the summed gate weight of its tokens (uniform 1/k if unknown)
     spec: np.ndarray | None      # [passes, L-1, E] mean speculative next-layer scores, if the trace has them
     occ_ptr: np.ndarray
     occ_pos: np.ndarray
@@ -134,14 +143,18 @@ class Chunk:
 
 
 @njit(cache=True)
-def _layer_events(ids, ntok, num_experts):
+def _layer_events(ids, gates, ntok, num_experts):
     """Union of each pass's experts per layer, in order of first appearance (token, then rank), with
-    the number of tokens routed to each. ids: [tokens, L, k] of the chunk, grouped by pass."""
+    the number of tokens routed to each and their summed gate weight (``gates`` [tokens, L, k], or an
+    empty array: each of a token's k experts then weighs 1/k). ids: [tokens, L, k] of the chunk,
+    grouped by pass."""
     n_tok, num_layers, top_k = ids.shape
+    uniform = gates.shape[0] == 0
     n_pass = len(ntok)
     ev_ptr = np.zeros(n_pass * num_layers + 1, np.int64)
     ev_obj = np.empty(n_tok * num_layers * top_k, np.int32)
     ev_count = np.empty(n_tok * num_layers * top_k, np.int32)
+    ev_mass = np.empty(n_tok * num_layers * top_k, np.float32)
     stamp = np.full(num_experts, -1, np.int64)
     where = np.zeros(num_experts, np.int64)
     n = 0
@@ -152,17 +165,20 @@ def _layer_events(ids, ntok, num_experts):
             for t in range(t0, t0 + ntok[p]):
                 for r in range(top_k):
                     x = ids[t, layer, r]
+                    w = np.float32(1.0 / top_k) if uniform else gates[t, layer, r]
                     if stamp[x] != e:
                         stamp[x] = e
                         where[x] = n
                         ev_obj[n] = layer * num_experts + x
                         ev_count[n] = 1
+                        ev_mass[n] = w
                         n += 1
                     else:
                         ev_count[where[x]] += 1
+                        ev_mass[where[x]] += w
             ev_ptr[e + 1] = n
         t0 += ntok[p]
-    return ev_ptr, ev_obj[:n].copy(), ev_count[:n].copy()
+    return ev_ptr, ev_obj[:n].copy(), ev_count[:n].copy(), ev_mass[:n].copy()
 
 
 @njit(cache=True)
@@ -183,11 +199,12 @@ def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec
     t0, t1 = plan.pass_ptr[p0], plan.pass_ptr[p1]
     tokens = plan.pass_tok[t0:t1]
     ntok = np.diff(plan.pass_ptr[p0:p1 + 1])
-    if len(tokens) and tokens[-1] - tokens[0] == len(tokens) - 1 and np.all(np.diff(tokens) == 1):
-        ids = np.asarray(trace.expert_ids[tokens[0]:tokens[-1] + 1])  # contiguous: a slice, not a gather
-    else:
-        ids = np.asarray(trace.expert_ids[tokens])
-    ev_ptr, ev_obj, ev_count = _layer_events(ids, ntok, E)
+    contiguous = len(tokens) and tokens[-1] - tokens[0] == len(tokens) - 1 and np.all(np.diff(tokens) == 1)
+    rows = slice(tokens[0], tokens[-1] + 1) if contiguous else tokens  # a slice is not a gather
+    ids = np.asarray(trace.expert_ids[rows])
+    gates = np.zeros((0, L, model.top_k), np.float32) if trace.gate_weights is None else \
+        np.asarray(trace.gate_weights[rows], np.float32)
+    ev_ptr, ev_obj, ev_count, ev_mass = _layer_events(ids, gates, ntok, E)
 
     kv_tokens = np.where(plan.pass_kind[p0:p1] == PREFILL, ntok, plan.pass_attended[p0:p1])
     dense = hardware.dense_seconds(model, ntok, plan.pass_attended[p0:p1], kv_tokens)
@@ -201,7 +218,7 @@ def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec
     if with_spec:
         scores = np.asarray(trace.spec_scores[tokens], dtype=np.float32)            # [n, L-1, E]
         starts = np.concatenate([[0], np.cumsum(ntok)[:-1]])
-        spec = np.add.reduceat(scores, starts, axis=0) / ntok[:, None, None]
+        spec = (np.add.reduceat(scores, starts, axis=0) / ntok[:, None, None]).astype(np.float32)
 
     occ_ptr = np.zeros(1, np.int64)
     occ_pos = np.zeros(0, np.int64)
@@ -211,4 +228,4 @@ def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec
         np.cumsum(np.bincount(ev_obj, minlength=L * E), out=occ_ptr[1:])
     return Chunk(p0=p0, p1=p1, num_layers=L, num_experts=E, ev_ptr=ev_ptr, ev_obj=ev_obj, ev_count=ev_count,
                  ev_pass=np.repeat(np.arange(p0, p1, dtype=np.int32), L), ev_dense=ev_dense, ev_est=ev_est,
-                 spec=spec, occ_ptr=occ_ptr, occ_pos=occ_pos)
+                 ev_mass=ev_mass, spec=spec, occ_ptr=occ_ptr, occ_pos=occ_pos)

@@ -14,8 +14,9 @@ def simulate(trace, *, model=None, hardware="paper-a100-5gbps", capacity=0.05, e
     trace: a :class:`Trace`, a path, or a catalog name. model: defaults to the trace's.
     hardware: a profile name (``specmd_env.list_profiles()``) or :class:`HardwareProfile`.
     capacity: a fraction (0, 1] of all routed-expert bytes, or a byte count (int > 1).
-    eviction: lru, fifo, lfu, random, least-stale, belady (oracle), belady-bypass (oracle), or an object
-    with ``choose_victim(replay) -> slot``. prefetch: none, topk / top<N>, score, oracle.
+    eviction: a policy name with optional parameters (``specmd_env.eviction.POLICIES``; e.g.
+    ``"lru:prefetch_at=mru-end"``), ``"path/to/file.py:NAME"``, an EvictionPolicy, or a Python object with
+    ``victim(view) -> slot`` (the slow path; docs/POLICIES.md). prefetch: none, topk / top<N>, score, oracle.
     lookahead: prefetch for layer l + lookahead. batch_size: requests decoding together.
     scope: 'global' (one cache, as SpecMD) or 'per-layer' (a fixed share per layer).
     mode: 'event' (a layer's experts are pinned while it computes; default) or 'per-access' (generic

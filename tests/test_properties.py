@@ -39,7 +39,8 @@ class Checker:
         self.decisions = 0
         self.victims = []
 
-    def choose_victim(self, replay: Replay) -> int:
+    def victim(self, view) -> int:
+        replay = view.replay
         self.decisions += 1
         assert replay.pending_kind in ("demand", "prefetch")
         objs = replay.slot_i[kernel.SL_OBJ]

@@ -10,7 +10,7 @@ from gymnasium import spaces
 from specmd_env import kernel as K
 from specmd_env.catalog import default_trace_name, get_trace
 from specmd_env.errors import SpecMDError
-from specmd_env.eviction import get_eviction
+from specmd_env.eviction import EvictionPolicy, get_eviction
 from specmd_env.replay import Replay
 from specmd_env.reward import RewardWeights
 from specmd_env.envs import _core
@@ -44,18 +44,6 @@ def split_requests(trace, split: str = "all", test_domains=None) -> np.ndarray:
     if len(chosen) == 0:
         raise SpecMDError(f"split {split!r} of this trace has no requests")
     return chosen
-
-
-def _pass_progress(plan) -> np.ndarray:
-    """Per forward pass: passes since its batch group began / 256, clipped to 1 (no future facts)."""
-    n = plan.num_passes
-    start = np.zeros(n, np.int64)
-    if len(plan.group_first_pass):
-        marks = np.zeros(n, np.int64)
-        marks[plan.group_first_pass] = plan.group_first_pass
-        start = np.maximum.accumulate(marks)
-    from specmd_env.envs.observation import PROGRESS_PASSES
-    return np.minimum((np.arange(n) - start) / PROGRESS_PASSES, 1.0)
 
 
 class SpecMDCacheEnv(gym.Env):
@@ -209,13 +197,16 @@ class SpecMDCacheEnv(gym.Env):
             requests_per_episode = int(requests_per_episode)
         self.requests_per_episode = requests_per_episode
         fixed_ev = get_eviction(fixed_eviction)
-        self.fallback_code = fixed_ev.code
+        if not isinstance(fixed_ev, EvictionPolicy):
+            raise SpecMDError(f"fixed_eviction must be a compiled eviction policy (a name or an EvictionPolicy), "
+                              f"got {fixed_eviction!r}")
         agent_evicts = decision in ("eviction", "joint")
         agent_prefetches = decision in ("prefetch", "joint")
         self._replay_kwargs = dict(
             model=model, hardware=hardware, capacity=capacity, lookahead=lookahead, batch_size=batch_size,
-            scope=scope, eviction="external" if agent_evicts else fixed_eviction,
-            prefetch="external" if agent_prefetches else fixed_prefetch, prefetch_mass=prefetch_mass)
+            scope=scope, eviction=fixed_ev, prefetch="none" if agent_prefetches else fixed_prefetch,
+            prefetch_mass=prefetch_mass, observe=True,
+            decide=(("eviction",) if agent_evicts else ()) + (("prefetch",) if agent_prefetches else ()))
         probe = Replay(self.trace, requests=self.split_ids[:1], **self._replay_kwargs)  # validates every keyword
         self.model = probe.model
         self.capacity = probe.capacity
@@ -226,7 +217,7 @@ class SpecMDCacheEnv(gym.Env):
             trace=self.trace.meta.get("name", trace if isinstance(trace, str) else "custom"),
             model=self.model.name, hardware=probe.hardware.name, capacity=capacity, capacity_slots=self.capacity,
             lookahead=probe.lookahead, batch_size=probe.batch_size, scope=probe.scope, decision=decision,
-            fixed_eviction=fixed_ev.name, fixed_prefetch=probe.prefetch_label if not agent_prefetches else "agent",
+            fixed_eviction=fixed_ev.label, fixed_prefetch=probe.prefetch_label if not agent_prefetches else "agent",
             prefetch_mass=prefetch_mass, w_collision=self.weights.collision, w_latency=self.weights.latency,
             w_miss=self.weights.miss, split=split, test_domains=test_domains,
             split_requests=self.split_ids.tolist(), requests_per_episode=requests_per_episode,
@@ -241,70 +232,67 @@ class SpecMDCacheEnv(gym.Env):
         else:
             self.action_space = spaces.MultiDiscrete(np.array([self.capacity] + [2] * E, np.int64))
         # per-step output buffers (the vector env re-binds them to rows of its batch arrays), and the
-        # argument table of the compiled step (_core.arg_table; the vector env re-binds it to a row of its own)
-        self._args = None
-        self._tab = np.zeros((1, 2 * _core.N_ARGS), np.int64)
+        # argument table of the compiled step (the vector env re-binds it to a row of its own)
+        self.replay: Replay | None = None
+        self._tab = np.zeros((1, 2 * K.N_ARGS), np.int64)
         self._terminated = False
         self._bind_buffers(np.zeros(self.layout.size, np.float32), np.ones(self.capacity, bool),
                            np.zeros(1 + E, np.int64), np.zeros(self.capacity + E, np.int64))
-        self.replay: Replay | None = None
         self._done = True
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _bind_buffers(self, obs, mask, act, orc, tab=None):
+        """Use these output buffers (and argument-table row), e.g. rows of a vector env's batch arrays."""
         self._obs, self._mask, self._act, self._orc = obs, mask, act, orc
         if tab is not None:
             tab[:] = self._tab
             self._tab = tab
-        if self._args is not None:
-            self._set_args(self._args[:6] + (obs, mask, act, orc))
+        if self.replay is not None:
+            self.replay.bind_table(self._tab[0])
+        self._write_buffer_addresses()
 
-    def _set_args(self, args) -> None:
-        """The ten arrays of the compiled step; kept here (alive) and written to the argument table."""
-        self._args = args
-        _core.arg_table(args, self._tab[0])
+    def _write_buffer_addresses(self) -> None:
+        row = self._tab[0]
+        for k, a in ((K.A_OBS, self._obs), (K.A_MASK, self._mask), (K.A_ACT, self._act), (K.A_ORC, self._orc)):
+            row[k] = a.__array_interface__["data"][0]
+            row[K.N_ARGS + k] = a.size
 
-    def _load_chunk(self) -> None:
-        c = self.replay.chunk
-        spec = c.spec if c.spec is not None else self._chunk_spec(c)
-        ci, c32, cf, cs = _core.chunk_arenas(self.replay, self._si, spec, self._progress)
-        self._set_args((self._si, self._sf, ci, c32, cf, cs, self._obs, self._mask, self._act, self._orc))
-
-    def _chunk_spec(self, c):
-        """Mean speculative scores per pass (as schedule.build_chunk computes them), for the observation."""
-        if self.trace.spec_scores is None:
-            return None
-        plan = self.replay.plan
-        tokens = plan.pass_tok[plan.pass_ptr[c.p0]:plan.pass_ptr[c.p1]]
-        ntok = np.diff(plan.pass_ptr[c.p0:c.p1 + 1])
-        scores = np.asarray(self.trace.spec_scores[tokens], dtype=np.float32)
-        starts = np.concatenate([[0], np.cumsum(ntok)[:-1]])
-        return np.add.reduceat(scores, starts, axis=0) / ntok[:, None, None]
+    @property
+    def _reward_part(self) -> np.ndarray:
+        o = int(self.replay.si[K.H_REWARD])
+        return self.replay.sf[o:o + _core.N_REWARD]
 
     def _run(self, has_action: int) -> float:
         """One compiled step, then chunk changes in Python until a decision is due or the replay ends."""
-        status = _core.step_one(self._tab, has_action)
-        reward = self._sf.item(_core.F_REWARD)
-        while status == K.DONE:
-            if self.replay._next_chunk():
-                self._load_chunk()
-                status = _core.step_one(self._tab, 0)
-                reward += self._sf.item(_core.F_REWARD)
+        replay = self.replay
+        address = self._tab.ctypes.data
+        status = _core.step_one(address, has_action)
+        reward = self._reward_part[_core.R_REWARD]
+        while status in (K.DONE, K.BAD_VICTIM):
+            if status == K.BAD_VICTIM:
+                raise SpecMDError(f"fixed_eviction {replay.eviction_label!r} answered slot "
+                                  f"{int(replay.ist[K.I_ACTION])}, which it may not evict now")
+            if replay._next_chunk():
+                status = _core.step_one(address, 0)
+                reward += self._reward_part[_core.R_REWARD]
             else:
-                self.replay.done = True
+                replay.done = True
                 self._done = True
                 self._mask[:] = True
                 break
         return reward
 
     def _start(self, requests) -> None:
-        self.replay = Replay(self.trace, requests=requests, seed=int(self.np_random.integers(2**31 - 1)),
-                             **self._replay_kwargs)
-        self._si, self._sf = _core.new_state_arenas(self.replay, fallback_code=self.fallback_code,
-                                                    weights=self.weights, oracle=self.oracle_info,
-                                                    with_scores=self.layout.with_scores)
-        self._progress = _pass_progress(self.replay.plan)
-        self._done = self.replay.done
+        self.replay = replay = Replay(self.trace, requests=requests, seed=int(self.np_random.integers(2**31 - 1)),
+                                      **self._replay_kwargs)
+        replay.bind_table(self._tab[0])
+        self._write_buffer_addresses()
+        replay.si[K.H_ORACLE] = int(self.oracle_info)
+        replay.si[K.H_SCORES] = int(self.layout.with_scores)
+        r = self._reward_part
+        r[_core.R_W_COL], r[_core.R_W_LAT], r[_core.R_W_MISS] = (self.weights.collision, self.weights.latency,
+                                                                  self.weights.miss)
+        self._done = replay.done
         self._episode_reward = 0.0
         self._episode_steps = 0
         self._episode_invalid = 0
@@ -312,9 +300,8 @@ class SpecMDCacheEnv(gym.Env):
             self._obs[:] = 0.0
             self._mask[:] = True
             return
-        self._load_chunk()
         self._run(0)  # reward up to the first decision is paid with the first step (prev counters kept)
-        self._sf[_core.F_PREV_COL] = self._sf[_core.F_PREV_STALL] = self._sf[_core.F_PREV_MISS] = 0.0
+        r[_core.R_PREV_COL] = r[_core.R_PREV_STALL] = r[_core.R_PREV_MISS] = 0.0
         if self._done:
             self._obs[:] = 0.0
             self._mask[:] = True
@@ -352,7 +339,7 @@ class SpecMDCacheEnv(gym.Env):
             invalid = False
         else:
             reward = self._run(1)
-            invalid = self._si.item(_core.H_INVALID) == 1
+            invalid = self.replay.si[K.H_INVALID] == 1
         if invalid:
             reward -= self.invalid_action_penalty
             self._episode_invalid += 1
@@ -404,7 +391,7 @@ class SpecMDCacheEnv(gym.Env):
         """The decision now due: 'demand', 'prefetch', 'prefetch-choice', or None."""
         if self.replay is None or self._done:
             return None
-        return _PENDING.get(self._si.item(self._si.item(_core.H_IST) + K.I_PENDING))
+        return _PENDING.get(int(self.replay.ist[K.I_PENDING]))
 
     def render(self):
         if self.render_mode is None:

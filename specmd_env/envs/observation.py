@@ -17,7 +17,6 @@ import numpy as np
 from numba import njit
 
 from specmd_env import kernel as K
-from specmd_env.kernel import _borrow
 
 SLOT_FEATURES = ("occupied", "layer_ahead", "current", "use_age", "touch_age", "insert_age", "use_count",
                  "spec_score", "in_flight", "prefetched_unused", "candidate")
@@ -69,10 +68,10 @@ class ObservationLayout:
         return out
 
 
-def rank_table(capacity: int, num_layers: int, num_scopes: int) -> np.ndarray:
-    """The age-rank values ``j / (scope size - 1)`` (float64, computed once per environment: the
+def rank_table(capacity: int, num_layers: int, num_scopes: int, scopes=None) -> np.ndarray:
+    """The age-rank values ``j / (largest scope size - 1)`` (float64, computed once per environment: the
     observation reads them instead of dividing 3 x capacity times per step)."""
-    size = capacity if num_scopes == 1 else capacity // num_layers
+    size = capacity if scopes is None else int(np.max(scopes[K.SC_HI] - scopes[K.SC_LO]))
     denom = max(size - 1, 1)
     return np.array([j / denom for j in range(size)], np.float64)
 
@@ -83,20 +82,15 @@ def layer_table(num_layers: int) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def _ranks(cfg_i, slot_i, lists, obs, rank_tab):
+def _ranks(k, obs, rank_tab):
     """Write each occupied slot's age ranks in the kernel's three ordered lists (use, touch, insertion):
     1 = the list head (oldest, the first victim), 0 = the tail, evenly spaced by position among
     occupied slots (``rank_tab[j] = j / (scope size - 1)``). The three lists are walked together, so
     their chains of dependent loads overlap."""
-    capacity = cfg_i[K.C_CAPACITY]
-    scopes = cfg_i[K.C_SCOPES]
+    slot_i, lists = k.slot_i, k.lists
     F = N_SLOT_FEATURES
-    for scope in range(scopes):
-        if scopes == 1:
-            lo, hi = 0, capacity
-        else:
-            share = capacity // cfg_i[K.C_LAYERS]
-            lo, hi = scope * share, (scope + 1) * share
+    for scope in range(k.scope.shape[1]):
+        lo, hi = k.scope[K.SC_LO, scope], k.scope[K.SC_HI, scope]
         n = 0
         for s in range(lo, hi):
             if slot_i[K.SL_OBJ, s] >= 0:
@@ -125,39 +119,31 @@ def _ranks(cfg_i, slot_i, lists, obs, rank_tab):
                 sn = slot_i[K.SL_INS_NEXT, sn]
 
 
-@njit(cache=True)
-def build_observation(cfg_i, cfg_f, ist, fst, slot_i, slot_f, lists, ev_ptr, num_events, spec, has_spec,
-                      pass_kind, progress, obs, mask, with_scores, rank_tab, layer_tab):
-    """Fill ``obs`` and ``mask`` (the slots that may be evicted now; all True when no eviction is due).
-    ``rank_tab`` and ``layer_tab`` are :func:`rank_table` and :func:`layer_table`. The caller keeps
-    every array alive (they are borrowed: no reference counting)."""
-    cfg_i, cfg_f, ist, fst = _borrow(cfg_i), _borrow(cfg_f), _borrow(ist), _borrow(fst)
-    slot_i, slot_f, lists, ev_ptr, spec = _borrow(slot_i), _borrow(slot_f), _borrow(lists), _borrow(ev_ptr), _borrow(spec)
-    pass_kind, progress, obs, mask = _borrow(pass_kind), _borrow(progress), _borrow(obs), _borrow(mask)
-    rank_tab, layer_tab = _borrow(rank_tab), _borrow(layer_tab)
-    C = cfg_i[K.C_CAPACITY]
-    L = cfg_i[K.C_LAYERS]
-    E = cfg_i[K.C_EXPERTS]
+@njit(cache=True, inline="always")
+def build_observation(k, obs, mask, with_scores, rank_tab, layer_tab):
+    """Fill ``obs`` and ``mask`` (the slots that may be evicted now; all True when no eviction is due)
+    from the replay state ``k`` (:func:`specmd_env.kernel.state.unpack`). ``rank_tab`` and
+    ``layer_tab`` are :func:`rank_table` and :func:`layer_table`."""
+    cfg_i, ist, fst, slot_i, slot_f = k.cfg_i, k.ist, k.fst, k.slot_i, k.slot_f
+    C, L, E = k.capacity, k.num_layers, k.num_experts
     la = cfg_i[K.C_LOOKAHEAD]
+    num_events = len(k.ev_ptr) - 1
     e = min(ist[K.I_EVENT], num_events - 1)
     layer = e % L
     p = e // L
     target = layer + la
     spec_base = (p * (L - 1) + target - 1) * E
-    scores_ok = has_spec and target < L
+    scores_ok = k.si[K.H_HAS_SPEC] == 1 and target < L
+    spec = k.spec
     pend = ist[K.I_PENDING]
     evicting = pend == K.DEMAND or pend == K.PREFETCH
     now = fst[K.S_DECISION] if evicting else fst[K.S_ROUTER]
     lo, hi = 0, 0
     if evicting:
-        lo, hi = K.scope_range(cfg_i, ist[K.I_PENDING_OBJ] // E)
+        sc = 0 if k.scope.shape[1] == 1 else ist[K.I_PENDING_OBJ] // E
+        lo, hi = k.scope[K.SC_LO, sc], k.scope[K.SC_HI, sc]
     timed = cfg_i[K.C_PER_ACCESS] == 0
     pass_tick = ist[K.I_PASS_TICK]
-    shift = -1  # objects are layer * E + expert: split them with a shift when E is a power of two
-    if E & (E - 1) == 0:
-        shift = 0
-        while (1 << shift) < E:
-            shift += 1
     n_occ = 0
     n_cand = 0
     F = N_SLOT_FEATURES
@@ -170,11 +156,8 @@ def build_observation(cfg_i, cfg_f, ist, fst, slot_i, slot_f, lists, ev_ptr, num
             mask[s] = not evicting
             continue
         n_occ += 1
-        if shift >= 0:
-            sl = obj >> shift
-        else:
-            sl = obj // E
-        x = obj - sl * E
+        sl = slot_i[K.SL_LAYER, s]
+        x = slot_i[K.SL_EXPERT, s]
         d = sl - layer  # (sl - layer) mod L, both in [0, L)
         if d < 0:
             d += L
@@ -194,13 +177,13 @@ def build_observation(cfg_i, cfg_f, ist, fst, slot_i, slot_f, lists, ev_ptr, num
         mask[s] = cand or not evicting
         if cand:
             n_cand += 1
-    _ranks(cfg_i, slot_i, lists, obs, rank_tab)
+    _ranks(k, obs, rank_tab)
 
     g = C * F
     obs[g + G_LAYER] = layer / L
-    obs[g + G_DECODE] = 1.0 if pass_kind[p] == 1 else 0.0
-    obs[g + G_PROGRESS] = progress[p]
-    backlog = (fst[K.S_COPY_FREE] - now) / cfg_f[K.F_XFER]
+    obs[g + G_DECODE] = 1.0 if k.pass_kind[p] == 1 else 0.0
+    obs[g + G_PROGRESS] = min(k.progress[p] / PROGRESS_PASSES, 1.0)
+    backlog = (fst[K.S_COPY_FREE] - now) / k.cfg_f[K.F_XFER]
     obs[g + G_BACKLOG] = min(max(backlog, 0.0), BACKLOG_CLIP) / BACKLOG_CLIP
     obs[g + G_DEMAND] = 1.0 if pend == K.DEMAND else 0.0
     obs[g + G_PREFETCH] = 1.0 if pend == K.PREFETCH else 0.0

@@ -46,7 +46,7 @@ class SpecMDVectorEnv(VectorEnv):
         self._mask = np.ones((N, C), bool)
         self._act = np.zeros((N, 1 + E), np.int64)
         self._orc = np.zeros((N, C + E), np.int64)
-        self._tab = np.zeros((N, 2 * _core.N_ARGS), np.int64)  # the argument tables (rows: sub-envs')
+        self._tab = np.zeros((N, 2 * K.N_ARGS), np.int64)  # the argument tables (rows: sub-envs')
         for i, env in enumerate(self.envs):
             env._bind_buffers(self._obs[i], self._mask[i], self._act[i], self._orc[i], self._tab[i:i + 1])
         self._status = np.zeros(N, np.int64)
@@ -142,9 +142,8 @@ class SpecMDVectorEnv(VectorEnv):
                 status = K.DONE
                 while status == K.DONE:  # a chunk ended: load the next, or the episode is over
                     if env.replay._next_chunk():
-                        env._load_chunk()
-                        status = _core.step_one(env._tab, 0)
-                        self._rewards[i] += env._sf.item(_core.F_REWARD)
+                        status = _core.step_one(env._tab.ctypes.data, 0)
+                        self._rewards[i] += env._reward_part[_core.R_REWARD]
                     else:
                         env.replay.done = True
                         env._done = True

@@ -1,7 +1,40 @@
-"""LFU: evict the expert used least often since it entered the cache (in-cache frequency, as in
-libCacheSim); ties go to the least recently used."""
+"""LFU: evict the expert used least often; ties go to the least recently used.
 
-from specmd_env import kernel
+``count=resident`` (default): uses since it entered the cache (in-cache frequency, as libCacheSim's LFU).
+``count=history``: uses over the whole replay, resident or not (frequency survives eviction, so an
+expert that is popular but was evicted once is not treated as new).
+"""
+
+from numba import njit
+
+from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
 
-LFU = EvictionPolicy("lfu", kernel.LFU, "least frequently used (in-cache count, LRU tie-break)")
+HISTORY = 0  # state_i[0]: 1 to count over the whole history
+
+
+@njit(cache=True)
+def _resident_uses(v, s):
+    return v.uses[s]
+
+
+@njit(cache=True)
+def _history_uses(v, s):
+    return v.total_uses[v.slot_object[s]]
+
+
+@sp.hook
+def victim(tab, lo, hi):
+    v = sp.cache_view(tab)
+    if v.state_i[HISTORY] == 1:
+        return sp.lowest(v, lo, hi, _history_uses)
+    return sp.lowest(v, lo, hi, _resident_uses)
+
+
+def _setup(state_i, state_f, params):
+    state_i[HISTORY] = params["count"] == "history"
+
+
+LFU = EvictionPolicy("lfu", "least frequently used (LRU tie-break)", victim, state=lambda *_: (1, 0),
+                     setup=_setup, params={"count": "resident"}, choices={"count": ("resident", "history")},
+                     source="textbook LFU (libCacheSim's LFU counts in-cache uses)")

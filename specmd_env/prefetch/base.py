@@ -18,13 +18,43 @@ from specmd_env.schedule import Chunk
 
 
 class Prefetcher:
+    """A prefetcher: static candidate lists per chunk (:meth:`candidates`, numpy), and/or compiled
+    hooks (``propose(tab, event, 0) -> n`` writing objects of any later layer to the view's
+    ``proposals``, best first; ``on_event`` for the kinds in ``events``) over its own state."""
+
     name = "base"
     is_oracle = False
     needs_spec_scores = False
+    propose = None       # a compiled hook (specmd_env.policy.hook), or None for static lists only
+    on_event = None
+    events: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         return f"{self.name} (oracle)" if self.is_oracle else self.name
+
+    def state(self, capacity: int, num_layers: int, num_experts: int, num_scopes: int) -> tuple[int, int]:
+        """Sizes of the (int64, float64) state the hooks keep."""
+        return 0, 0
+
+    def setup(self, state_i: np.ndarray, state_f: np.ndarray) -> None:
+        """Write parameters into fresh state before a replay starts."""
+
+    def new_state(self, capacity: int, num_layers: int, num_experts: int, num_scopes: int):
+        n_i, n_f = self.state(capacity, num_layers, num_experts, num_scopes)
+        state_i, state_f = np.zeros(n_i, np.int64), np.zeros(n_f, np.float64)
+        self.setup(state_i, state_f)
+        return state_i, state_f
+
+    @property
+    def hook_addresses(self) -> tuple[int, int]:
+        return (self.propose.address if self.propose is not None else 0,
+                self.on_event.address if self.on_event is not None else 0)
+
+    @property
+    def event_mask(self) -> int:
+        from specmd_env.kernel.layout import EVENT_NAMES
+        return sum(1 << EVENT_NAMES.index(kind) for kind in self.events)
 
     def rank(self, chunk: Chunk, lookahead: int) -> tuple[np.ndarray, np.ndarray]:
         """(order [passes, L-d, E] expert ids best first, take [passes, L-d] how many to request)."""
