@@ -31,8 +31,8 @@ A request may be decode only (``prompt_lengths[r] == 0``): a serving engine's tr
 whose prompt routing was not recorded. Its first decode pass yields its first token.
 
 Building a :class:`Trace` in memory is forgiving where nothing can be lost: integer arrays of another
-dtype are cast when every value fits (else the field is named), and a known ``model`` fills
-``num_experts`` (its layers and top-k are checked against the model). Files are read strictly.
+dtype are cast when every value fits (else the field is named), and a known ``model`` fills a missing
+``num_experts`` (the trace's layers and top-k must then be the model's). Files are read strictly.
 """
 
 from __future__ import annotations
@@ -178,17 +178,20 @@ def _cast_integers(name: str, array):
 
 
 def _fill_from_model(meta: dict) -> None:
-    """A model the registry knows fills ``num_experts`` and must agree with the trace's layers and top-k."""
-    try:
-        spec = get_model(meta["model"]) if "model" in meta else None
-    except SpecMDError:
-        return  # a model outside the registry: the trace must state its own shape
-    if spec is None:
+    """Without ``num_experts``, a model the registry knows supplies it, and then the trace's layers and
+    top-k must be the model's. A trace stating its own shape keeps it (simulate checks it against the
+    model it replays with)."""
+    if "num_experts" in meta or "model" not in meta:
         return
-    meta.setdefault("num_experts", spec.num_experts)
-    for key in ("num_layers", "num_experts", "top_k"):
+    try:
+        spec = get_model(meta["model"])
+    except SpecMDError:
+        return  # a model outside the registry: the trace must state its own shape (validate says so)
+    for key in ("num_layers", "top_k"):
         if key in meta and meta[key] != getattr(spec, key):
-            _fail(f"trace metadata {key}={meta[key]!r} does not match model {spec.name!r} ({key}={getattr(spec, key)})")
+            _fail(f"trace metadata {key}={meta[key]!r} does not match model {spec.name!r} ({key}={getattr(spec, key)}), "
+                  "whose num_experts it would take")
+    meta["num_experts"] = spec.num_experts
 
 
 def validate(trace: Trace) -> None:
