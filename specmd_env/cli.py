@@ -16,11 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("specmd_env.commands.simulate", "replay a trace with one eviction/prefetch policy and print metrics"),
     "trace-stats": ("specmd_env.trace_stats", "routing statistics of a trace, beside the AllenAI OLMoE figures"),
     "generate": ("specmd_env.generator", "write a synthetic (calibrated) routing trace"),
-    "import-allenai": ("specmd_env.importers", "convert AllenAI analysis_olmoe / analysis_mixtral jsonl to a trace"),
+    "import": ("specmd_env.commands.import_trace", "convert another tool's routing (vLLM, SGLang, a table, AllenAI, "
+                                                  "moe-cache-eval) to a trace"),
+    "import-allenai": ("specmd_env.importers.allenai", "convert AllenAI analysis_olmoe / analysis_mixtral jsonl to a trace "
+                                                      "(= specmd import allenai)"),
     "record": ("specmd_env.recorder", "record a routing trace from a Hugging Face MoE model"),
-    "leaderboard": ("experiments.leaderboard", "score every policy over traces x capacities x hardware x seeds"),
-    "train": ("agents.train", "train an RL eviction/prefetch agent with Stable-Baselines3"),
-    "evaluate": ("agents.evaluate", "evaluate any agent (handcrafted, learned or oracle) on an env id"),
+    "leaderboard": ("specmd_env.leaderboard.command", "score every policy over traces x capacities x hardware x seeds"),
+    "train": ("specmd_env.agents.train", "train an RL eviction/prefetch agent with Stable-Baselines3"),
+    "evaluate": ("specmd_env.agents.evaluate", "evaluate any agent (handcrafted, learned or oracle) on an env id"),
 }
 
 

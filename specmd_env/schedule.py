@@ -3,8 +3,9 @@
 A *forward pass* is the prefill of one request's prompt or one decode step of a batch of requests.
 With batch size B, requests are served in groups of B (static batching): each request's prompt is
 prefilled in turn, then the group decodes together, one token per still-active request per step, until
-its longest request ends; the next group starts after that. Each pass has one *layer event* per MoE
-layer, needing the union of its tokens' experts with the number of tokens routed to each (in order of first appearance: token order, then gate rank).
+its longest request ends; the next group starts after that. A decode-only request (prompt length 0)
+has no prefill pass: its first decode pass yields its first token (its TTFT ends there). Each pass has
+one *layer event* per MoE layer, needing the union of its tokens' experts with the number of tokens routed to each (in order of first appearance: token order, then gate rank).
 
 The schedule is built in chunks of passes so that traces of millions of tokens replay in bounded
 memory; all arrays are flat (CSR) so the compiled kernel can walk them.
@@ -36,9 +37,9 @@ class PassPlan:
     pass_attended: np.ndarray   # (query, key) pairs attention computes in the pass
     request_ids: np.ndarray     # trace request index of each replayed request
     group_first_pass: np.ndarray  # per replayed request: first pass of its batch group
-    prefill_pass: np.ndarray    # per replayed request: its prefill pass
+    prefill_pass: np.ndarray    # per replayed request: the pass yielding its first token (prefill, or first decode)
     last_pass: np.ndarray       # per replayed request: its last decode pass (= prefill_pass if none)
-    decode_tokens: np.ndarray   # per replayed request: tokens it decoded
+    decode_tokens: np.ndarray   # per replayed request: decode passes after its first token
 
     @property
     def num_passes(self) -> int:
@@ -80,8 +81,10 @@ def plan_passes(trace: Trace, batch_size: int = 1, requests=None) -> PassPlan:
         first = len(kinds)
         for r in group:
             start, plen = int(offsets[r]), int(prompts[r])
-            prefill.append(add_pass(np.arange(start, start + plen), PREFILL, np.arange(plen)))
+            prefill.append(add_pass(np.arange(start, start + plen), PREFILL, np.arange(plen)) if plen else None)
             group_first.append(first)
+        # decode only: the group's first decode pass yields the first token (every request is active in it)
+        prefill[-len(group):] = [len(kinds) if p is None else p for p in prefill[-len(group):]]
         gen = offsets[group + 1] - offsets[group] - prompts[group]
         steps = int(gen.max()) if len(gen) else 0
         if len(group) == 1 and steps:  # the common single-request decode, vectorised
@@ -100,7 +103,7 @@ def plan_passes(trace: Trace, batch_size: int = 1, requests=None) -> PassPlan:
                 for i in active:
                     last_of[i] = p
             last.extend(last_of)
-        ndecode.extend(gen.tolist())
+        ndecode.extend((gen - (prompts[group] == 0)).tolist())
     return PassPlan(pass_ptr=np.asarray(ptr, np.int64),
                     pass_tok=np.concatenate(toks).astype(np.int64) if toks else np.zeros(0, np.int64),
                     pass_kind=np.asarray(kinds, np.int8), pass_attended=np.asarray(attended, np.float64),

@@ -15,7 +15,7 @@ member             dtype       shape            meaning
 =================  ==========  ===============  ===================================================
 meta_json          uint8       [n]              UTF-8 JSON: format, version, model, shape, kind, ...
 request_offsets    int64       [R+1]            token range of request r: offsets[r]:offsets[r+1]
-prompt_lengths     int64       [R]              the first prompt_lengths[r] tokens are the prompt
+prompt_lengths     int64       [R]              the first prompt_lengths[r] tokens are the prompt (0: decode only)
 expert_ids         int16       [T, L, k]        ranked top-k expert ids (rank 0 = highest gate)
 gate_weights       float32     [T, L, k]        optional; finite, >= 0
 spec_scores        float16     [T, L-1, E]      optional; next-layer router probabilities, in [0, 1]
@@ -26,6 +26,13 @@ token_ids          int32       [T]              optional; vocabulary ids
 :func:`specmd_env.models.get_model`), ``num_layers``, ``num_experts``, ``top_k``, ``kind``
 ("recorded", "synthetic" or "imported"), ``source`` (how it was made), ``licence``, ``domains`` (one
 per request), ``description``, and any extra keys the producer adds.
+
+A request may be decode only (``prompt_lengths[r] == 0``): a serving engine's trace of generated tokens
+whose prompt routing was not recorded. Its first decode pass yields its first token.
+
+Building a :class:`Trace` in memory is forgiving where nothing can be lost: integer arrays of another
+dtype are cast when every value fits (else the field is named), and a known ``model`` fills a missing
+``num_experts`` (the trace's layers and top-k must then be the model's). Files are read strictly.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from specmd_env.errors import TraceFormatError
+from specmd_env.errors import SpecMDError, TraceFormatError
+from specmd_env.models import get_model
 
 FORMAT_NAME = "specmd-trace"
 FORMAT_VERSION = 1
@@ -76,12 +84,15 @@ class Trace:
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("expert_ids", "request_offsets", "prompt_lengths", "token_ids"):
+            setattr(self, name, _cast_integers(name, getattr(self, name)))
         meta = dict(self.meta)
         meta.setdefault("format", FORMAT_NAME)
         meta.setdefault("version", FORMAT_VERSION)
-        if self.expert_ids.ndim == 3:
+        if getattr(self.expert_ids, "ndim", 0) == 3:
             meta.setdefault("num_layers", int(self.expert_ids.shape[1]))
             meta.setdefault("top_k", int(self.expert_ids.shape[2]))
+        _fill_from_model(meta)
         self.meta = meta
         validate(self)
 
@@ -148,6 +159,41 @@ def _fail(message: str) -> None:
     raise TraceFormatError(message)
 
 
+def _cast_integers(name: str, array):
+    """An integer array in the member's dtype: any integer dtype is cast when every value fits; a value
+    that does not fit, or a non-integer array, is an error naming the field. Arrays already in the right
+    dtype (memory maps of a loaded file) are returned untouched."""
+    if array is None or not isinstance(array, np.ndarray) or array.dtype == _MEMBER_DTYPES[name]:
+        return array
+    target = _MEMBER_DTYPES[name]
+    if array.dtype.kind not in "iu":
+        _fail(f"{name} has dtype {array.dtype}, expected integers ({target})")
+    if array.size:
+        low, high = np.iinfo(target).min, np.iinfo(target).max
+        lo, hi = array.min(), array.max()
+        if lo < low or hi > high:
+            bad = lo if lo < low else hi
+            _fail(f"{name} holds {int(bad)}, which does not fit {target} [{low}, {high}]; not cast")
+    return array.astype(target)
+
+
+def _fill_from_model(meta: dict) -> None:
+    """Without ``num_experts``, a model the registry knows supplies it, and then the trace's layers and
+    top-k must be the model's. A trace stating its own shape keeps it (simulate checks it against the
+    model it replays with)."""
+    if "num_experts" in meta or "model" not in meta:
+        return
+    try:
+        spec = get_model(meta["model"])
+    except SpecMDError:
+        return  # a model outside the registry: the trace must state its own shape (validate says so)
+    for key in ("num_layers", "top_k"):
+        if key in meta and meta[key] != getattr(spec, key):
+            _fail(f"trace metadata {key}={meta[key]!r} does not match model {spec.name!r} ({key}={getattr(spec, key)}), "
+                  "whose num_experts it would take")
+    meta["num_experts"] = spec.num_experts
+
+
 def validate(trace: Trace) -> None:
     """Check every field of a trace; raise :class:`TraceFormatError` naming the field and value."""
     meta = trace.meta
@@ -183,9 +229,9 @@ def validate(trace: Trace) -> None:
         _fail(f"request_offsets must be strictly increasing: request {int(np.argmax(lengths <= 0))} is empty")
     if prompts.ndim != 1 or len(prompts) != len(lengths):
         _fail(f"prompt_lengths has {len(prompts)} entries for {len(lengths)} requests")
-    if np.any(prompts < 1) or np.any(prompts > lengths):
-        bad = int(np.argmax((prompts < 1) | (prompts > lengths)))
-        _fail(f"prompt_lengths[{bad}]={int(prompts[bad])} outside [1, {int(lengths[bad])}] (the request's length)")
+    if np.any(prompts < 0) or np.any(prompts > lengths):
+        bad = int(np.argmax((prompts < 0) | (prompts > lengths)))
+        _fail(f"prompt_lengths[{bad}]={int(prompts[bad])} outside [0, {int(lengths[bad])}] (the request's length)")
     domains = meta.get("domains")
     if domains is not None and (not isinstance(domains, list) or len(domains) != len(lengths)):
         _fail(f"metadata domains must list one domain per request ({len(lengths)}), got {domains!r:.80}")

@@ -60,11 +60,32 @@ def test_shapes_that_disagree():
         make_trace(GOOD, MODEL, meta={"num_layers": 3})
     with pytest.raises(TraceFormatError, match="request_offsets must start at 0 and end at the token count 3"):
         make_trace(GOOD, MODEL, request_lengths=[1, 1], prompt_lengths=[1, 1])
-    with pytest.raises(TraceFormatError, match=r"prompt_lengths\[1\]=3 outside \[1, 2\]"):
+    with pytest.raises(TraceFormatError, match=r"prompt_lengths\[1\]=3 outside \[0, 2\]"):
         make_trace(GOOD, MODEL, request_lengths=[1, 2], prompt_lengths=[1, 3])
-    with pytest.raises(TraceFormatError, match="expert_ids has dtype int64, expected int16"):
-        Trace(expert_ids=np.array(GOOD, np.int64), request_offsets=np.array([0, 3]), prompt_lengths=np.array([1]),
+    with pytest.raises(TraceFormatError, match=r"expert_ids holds 40000, which does not fit int16"):
+        Trace(expert_ids=np.full((3, 2, 2), 40000, np.int64), request_offsets=np.array([0, 3]),
+              prompt_lengths=np.array([1]), meta=dict(make_trace(GOOD, MODEL).meta))
+    with pytest.raises(TraceFormatError, match=r"expert_ids has dtype float64, expected integers"):
+        Trace(expert_ids=np.array(GOOD, np.float64), request_offsets=np.array([0, 3]), prompt_lengths=np.array([1]),
               meta=dict(make_trace(GOOD, MODEL).meta))
+
+
+def test_trace_casts_integers_that_fit_and_fills_a_known_models_shape():
+    """int64 ids (what numpy and torch give by default) and int32 offsets are cast, nothing lost; a model the
+    registry knows supplies num_experts and must agree with the trace's layers and top-k."""
+    olmoe = get_model("olmoe-1b-7b")
+    ids = np.random.default_rng(0).permuted(np.tile(np.arange(olmoe.num_experts), (5, olmoe.num_layers, 1)),
+                                            axis=2)[:, :, :olmoe.top_k].astype(np.int64)
+    trace = Trace(expert_ids=ids, request_offsets=np.array([0, 5], np.int32), prompt_lengths=np.array([2], np.uint8),
+                  meta={"model": "olmoe", "kind": "imported"})
+    assert trace.expert_ids.dtype == np.int16 and trace.request_offsets.dtype == np.int64
+    assert np.array_equal(trace.expert_ids, ids) and trace.num_experts == olmoe.num_experts
+    with pytest.raises(TraceFormatError, match=r"num_layers=2 does not match model 'olmoe-1b-7b' \(num_layers=16\)"):
+        Trace(expert_ids=ids[:, :2], request_offsets=np.array([0, 5]), prompt_lengths=np.array([2]),
+              meta={"model": "olmoe-1b-7b", "kind": "imported"})
+    with pytest.raises(TraceFormatError, match="missing 'num_experts'"):  # an unknown model must state its shape
+        Trace(expert_ids=ids, request_offsets=np.array([0, 5]), prompt_lengths=np.array([2]),
+              meta={"model": "not-registered", "kind": "imported"})
 
 
 def test_trace_model_mismatch(trace):

@@ -1,47 +1,150 @@
-"""``specmd simulate TRACE``: replay one trace with one configuration and print its metrics."""
+"""``specmd simulate TRACE``: replay one trace with one configuration and print its metrics.
+
+Every keyword of :func:`specmd_env.simulate` is an option, built from one table, :data:`OPTIONS` (name,
+parser, help, choices); defaults come from ``simulate``'s own signature, so they cannot drift. A new
+keyword of ``simulate`` needs one row here (``tests/test_cli.py`` fails until it has one). Values are
+parsed after argparse, so a bad one is a one-line :class:`SpecMDError` naming the option.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import dataclass
+from typing import Callable
 
-from specmd_env.catalog import get_trace
-from specmd_env.eviction import POLICIES
-from specmd_env.hardware import list_profiles
-from specmd_env.prefetch import PREFETCHERS
-from specmd_env.reward import RewardWeights
+from specmd_env.errors import SpecMDError
 from specmd_env.simulate import simulate
 
 
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError("must be in (0, 1]")
+    return value
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else _positive_int(text)
+
+
+def _budget(text: str) -> str | int:
+    return "engine" if text == "engine" else _int(text)
+
+
 def _capacity(text: str) -> float | int:
+    """A fraction (0.05) or a byte count (600000000), as ``simulate`` takes them."""
     return float(text) if "." in text or "e-" in text.lower() else int(text)
 
 
+def parse_requests(text: str) -> list[int]:
+    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9] (trace request indices, in the order given)."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{part!r} is not an index or a range a-b")
+        if dash and int(last) < int(first):
+            raise ValueError(f"range {part!r} runs backwards")
+        out.extend(range(int(first), int(last) + 1) if dash else [int(first)])
+    return out
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword of ``simulate`` on the command line: ``--name-with-dashes VALUE``."""
+
+    name: str
+    parse: Callable[[str], object]
+    help: str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _names(module: str, attr: str) -> tuple[str, ...]:
+    import importlib
+
+    return tuple(getattr(importlib.import_module(module), attr))
+
+
+#: every keyword of specmd_env.simulate, in its order
+OPTIONS: tuple[Option, ...] = (
+    Option("model", str, "model spec (default: the trace's own)", metavar="MODEL"),
+    Option("hardware", str, "hardware profile name (specmd_env.list_profiles())", metavar="PROFILE"),
+    Option("capacity", _capacity, "cache size: a fraction of all routed-expert bytes (0.05) or a byte count",
+           metavar="SIZE"),
+    Option("eviction", str, "eviction policy", choices=_names("specmd_env.eviction", "POLICIES")),
+    Option("prefetch", str, "prefetcher: none, topk, top<N>, score, oracle", metavar="PREFETCHER"),
+    Option("lookahead", _positive_int, "prefetch for layer l + lookahead", metavar="N"),
+    Option("batch_size", _positive_int, "requests decoding together (static batching)", metavar="N"),
+    Option("scope", str, "one cache for all layers, or a fixed share per layer", choices=("global", "per-layer")),
+    Option("mode", str, "event: a layer's experts are pinned while it computes; per-access: generic cache replay",
+           choices=("event", "per-access")),
+    Option("miss", str, "on a miss: fetch (stall) or drop the expert (counted)", choices=("fetch", "drop")),
+    Option("prefetch_mass", _fraction, "score prefetcher: the share of the score mass to cover", metavar="FRAC"),
+    Option("prefetch_max", _optional_int, "score prefetcher: at most this many experts per layer ('none': no cap)",
+           metavar="N|none"),
+    Option("prefetch_budget", _budget, "prefetches per layer: 'engine' (what the copy engine can start before the "
+                                       "target layer) or a fixed count", metavar="engine|N"),
+    Option("seed", _int, "seed of the random policy", metavar="N"),
+    Option("requests", parse_requests, "trace request indices to replay, e.g. 0,3,5-9 (default: all, in order)",
+           metavar="LIST"),
+)
+
+
 def configure(parser) -> None:
+    defaults = inspect.signature(simulate).parameters
     parser.add_argument("trace", help="a catalog name (e.g. olmoe-synthetic) or a trace file path")
-    parser.add_argument("--model", default=None, help="model spec (default: the trace's)")
-    parser.add_argument("--hardware", default="paper-a100-5gbps", help=f"one of {', '.join(list_profiles())}")
-    parser.add_argument("--capacity", type=_capacity, default=0.05,
-                        help="fraction of routed-expert bytes (0.05) or a byte count (600000000)")
-    parser.add_argument("--eviction", default="lru", help=f"one of {', '.join(POLICIES)}")
-    parser.add_argument("--prefetch", default="none", help=f"one of {', '.join(PREFETCHERS)} or top<N>")
-    parser.add_argument("--lookahead", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--scope", default="global", choices=["global", "per-layer"])
-    parser.add_argument("--mode", default="event", choices=["event", "per-access"])
-    parser.add_argument("--miss", default="fetch", choices=["fetch", "drop"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    for option in OPTIONS:
+        default = defaults[option.name].default
+        parser.add_argument(option.flag, dest=option.name, default=None, choices=option.choices,
+                            metavar=option.metavar, help=f"{option.help} (default: {default})")
+    parser.add_argument("--json", action="store_true", help="print the settings and metrics as one JSON object")
+
+
+def parse_options(args) -> dict:
+    """The keywords to pass to ``simulate``: only the options given, each parsed by its table row."""
+    kwargs = {}
+    for option in OPTIONS:
+        text = getattr(args, option.name)
+        if text is None:
+            continue
+        try:
+            kwargs[option.name] = option.parse(text)
+        except ValueError as exc:
+            raise SpecMDError(f"{option.flag} {text!r}: {exc}") from None
+    return kwargs
 
 
 def run(args) -> int:
+    from specmd_env.catalog import get_trace
+    from specmd_env.reward import RewardWeights
+
+    kwargs = parse_options(args)
     trace = get_trace(args.trace)
-    result = simulate(trace, model=args.model, hardware=args.hardware, capacity=args.capacity,
-                      eviction=args.eviction, prefetch=args.prefetch, lookahead=args.lookahead,
-                      batch_size=args.batch_size, scope=args.scope, mode=args.mode, miss=args.miss, seed=args.seed)
+    result = simulate(trace, **kwargs)
     row = result.as_dict()
     row["reward"] = RewardWeights().score(result)
     if args.json:
-        print(json.dumps(row, indent=2, default=float))
+        settings = {name: value.default for name, value in inspect.signature(simulate).parameters.items()
+                    if name != "trace"}
+        settings.update(kwargs, trace=args.trace)
+        print(json.dumps({**row, "settings": settings}, indent=2, default=float))
         return 0
     print(f"{trace!r}")
     width = max(map(len, row))

@@ -7,10 +7,17 @@ whenever the dynamics, observation or reward change, so that results stay compar
 
 from __future__ import annotations
 
+import difflib
+import inspect
+
 import gymnasium as gym
 
-ENTRY_POINT = "specmd_env.envs.cache_env:SpecMDCacheEnv"
-VECTOR_ENTRY_POINT = "specmd_env.envs.vector_env:SpecMDVectorEnv"
+from specmd_env.errors import SpecMDError
+
+# The ids make the environments through these two functions, which name an unknown keyword (with the
+# nearest valid one) instead of letting the constructor raise a bare TypeError.
+ENTRY_POINT = "specmd_env.envs.registration:make_env"
+VECTOR_ENTRY_POINT = "specmd_env.envs.registration:make_vector_env"
 
 ENV_IDS: dict[str, dict] = {
     "SpecMD-OLMoE-v0": {"model": "olmoe-1b-7b", "decision": "eviction"},
@@ -23,6 +30,43 @@ ENV_IDS: dict[str, dict] = {
     "SpecMD-Qwen3-Prefetch-v0": {"model": "qwen3-30b-a3b", "decision": "prefetch"},
     "SpecMD-Qwen3-Joint-v0": {"model": "qwen3-30b-a3b", "decision": "joint"},
 }
+
+
+def env_keywords() -> list[str]:
+    """The keywords ``gym.make`` accepts for a SpecMD id: the environment constructor's parameters."""
+    from specmd_env.envs.cache_env import SpecMDCacheEnv
+
+    return [name for name in inspect.signature(SpecMDCacheEnv.__init__).parameters if name != "self"]
+
+
+def check_keywords(kwargs: dict) -> None:
+    """Raise a :class:`SpecMDError` naming every unknown keyword, with near names, and the valid ones."""
+    valid = env_keywords()
+    unknown = [name for name in kwargs if name not in valid]
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, valid, n=2, cutoff=0.6)
+        named.append(f"{name!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""))
+    raise SpecMDError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(named)} for a SpecMD "
+                      f"environment; valid keywords: {', '.join(valid)}")
+
+
+def make_env(**kwargs):
+    """The entry point of every SpecMD id: checks the keywords, then builds :class:`SpecMDCacheEnv`."""
+    from specmd_env.envs.cache_env import SpecMDCacheEnv
+
+    check_keywords(kwargs)
+    return SpecMDCacheEnv(**kwargs)
+
+
+def make_vector_env(num_envs: int = 1, max_episode_steps: int | None = None, **kwargs):
+    """The vector entry point (``vectorization_mode="vector_entry_point"``), with the same keyword check."""
+    from specmd_env.envs.vector_env import SpecMDVectorEnv
+
+    check_keywords(kwargs)
+    return SpecMDVectorEnv(num_envs=num_envs, max_episode_steps=max_episode_steps, **kwargs)
 
 
 def register_envs() -> None:

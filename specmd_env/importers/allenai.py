@@ -27,7 +27,8 @@ import numpy as np
 
 from specmd_env.errors import SpecMDError, TraceFormatError
 from specmd_env.models import get_model
-from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace, save_trace
+from specmd_env.importers.base import add_common_arguments, write_trace
+from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace
 
 _INFER = {(8, 16): "olmoe-1b-7b", (2, 32): "mixtral-8x7b"}
 _DATASET = {"olmoe-1b-7b": "allenai/analysis_olmoe", "mixtral-8x7b": "allenai/analysis_mixtral"}
@@ -153,19 +154,12 @@ def import_allenai(path, *, model: str | None = None, max_records: int | None = 
 
 
 def configure(parser) -> None:
-    parser.add_argument("file", help="AllenAI analysis_olmoe / analysis_mixtral jsonl file")
-    parser.add_argument("--out", required=True, help="output trace (.npz)")
-    parser.add_argument("--model", default=None, help="model name (default: inferred from k and layers)")
+    add_common_arguments(parser, file_help="AllenAI analysis_olmoe / analysis_mixtral jsonl file")
     parser.add_argument("--max-records", type=int, default=None)
     parser.add_argument("--decode-tail", type=int, default=0,
                         help="replay the last N tokens of each record as decode steps (exact, see docs)")
-    parser.add_argument("--domain", default=None, help="domain name for every request (default: file stem)")
-    parser.add_argument("--compress", action="store_true")
 
 
 def run(args) -> int:
-    trace = import_allenai(args.file, model=args.model, max_records=args.max_records,
-                           decode_tail=args.decode_tail, domain=args.domain)
-    path = save_trace(trace, args.out, compress=args.compress)
-    print(f"wrote {path}: {trace!r}")
-    return 0
+    return write_trace(import_allenai(args.file, model=args.model, max_records=args.max_records,
+                                      decode_tail=args.decode_tail, domain=args.domain), args)
