@@ -15,7 +15,7 @@ def tiny(domains=("x",)):
     spec = np.zeros((4, 1, 4), np.float16)
     spec[:, 0, [2, 3]] = 0.5           # predicts {2, 3}: true layer-1 sets {2,3},{2,3},{2,0},{1,0}
     n = len(domains)
-    meta = {"model": "olmoe-1b-7b", "num_layers": 2, "num_experts": 4, "top_k": 2, "kind": "synthetic",
+    meta = {"model": "tiny", "num_layers": 2, "num_experts": 4, "top_k": 2, "kind": "synthetic",
             "domains": list(domains)}
     return Trace(expert_ids=np.concatenate([ids] * n), request_offsets=np.arange(n + 1, dtype=np.int64) * 4,
                  prompt_lengths=np.full(n, 3, np.int64), meta=meta, spec_scores=np.concatenate([spec] * n))
