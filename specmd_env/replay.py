@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from specmd_env import kernel
+from specmd_env.checks import integer_array, shorten
 from specmd_env.errors import SpecMDError
 from specmd_env.eviction import EvictionPolicy, get_eviction
 from specmd_env.hardware import HardwareProfile, capacity_slots, get_profile
@@ -107,6 +108,7 @@ class Replay:
                 raise SpecMDError(f"requests must be a list of trace request indices in [0, {trace.num_requests}), "
                                   f"got {requests!r:.120}")
 
+        trace.check_file()
         self.plan: PassPlan = plan_passes(trace, self.batch_size, requests)
         cfg_i = np.zeros(kernel.N_CFG_I, np.int64)
         cfg_i[kernel.C_POLICY] = code
@@ -134,6 +136,7 @@ class Replay:
 
     # -- driving the kernel -------------------------------------------------------------------------
     def _next_chunk(self) -> bool:
+        self.trace.check_file()  # a memory-mapped trace file that changed would give SIGBUS or wrong data
         bounds = next(self._chunks, None)
         if bounds is None:
             self.chunk = None
@@ -197,11 +200,10 @@ class Replay:
         empty). Experts already resident are hints; the copy-engine budget still applies."""
         if self.pending_kind != "prefetch-choice":
             raise SpecMDError("no prefetch choice is pending")
-        experts = np.asarray(experts, dtype=np.int64).ravel()
         E = self.model.num_experts
-        if len(experts) > E or (len(experts) and (experts.min() < 0 or experts.max() >= E)) \
-                or len(np.unique(experts)) != len(experts):
-            raise SpecMDError(f"prefetch choice must be distinct expert ids in [0, {E}), got {experts.tolist()}")
+        experts = integer_array("prefetch choice (expert ids)", experts, 0, E)  # [0.7] is refused, not expert 0
+        if len(np.unique(experts)) != len(experts):
+            raise SpecMDError(f"prefetch choice must be distinct expert ids, got {shorten(experts)}")
         _, layer = self.current_event
         self.work[:len(experts)] = (layer + self.lookahead) * E + experts
         self.ist[kernel.I_PF_COUNT] = len(experts)
@@ -239,7 +241,7 @@ class Replay:
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.capacity \
                 or not self.candidate_mask()[slot]:
             raise SpecMDError(f"slot {slot!r} may not be evicted now (pinned by the layer computing, in flight, "
-                              f"empty, or outside this layer's share); candidates: {np.flatnonzero(self.candidate_mask()).tolist()}")
+                              f"empty, or outside this layer's share); candidates: {shorten(np.flatnonzero(self.candidate_mask()))}")
         self.ist[kernel.I_ACTION] = int(slot)
 
     def run(self) -> Result:
