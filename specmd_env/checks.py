@@ -42,8 +42,9 @@ def integer(name: str, value, minimum: int | None = None, maximum: int | None = 
         raise SpecMDError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     number = int(value)
     if (minimum is not None and number < minimum) or (maximum is not None and number >= maximum):
-        bounds = f"[{'' if minimum is None else minimum}, {'' if maximum is None else maximum})"
-        raise SpecMDError(f"{name} must be an integer in {bounds}, got {number}")
+        bounds = (f"in [{minimum}, {maximum})" if minimum is not None and maximum is not None
+                  else f">= {minimum}" if minimum is not None else f"< {maximum}")
+        raise SpecMDError(f"{name} must be an integer {bounds}, got {number}")
     return number
 
 
