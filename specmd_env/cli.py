@@ -18,9 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("specmd_env.generator", "write a synthetic (calibrated) routing trace"),
     "import-allenai": ("specmd_env.importers", "convert AllenAI analysis_olmoe / analysis_mixtral jsonl to a trace"),
     "record": ("specmd_env.recorder", "record a routing trace from a Hugging Face MoE model"),
-    "leaderboard": ("experiments.leaderboard", "score every policy over traces x capacities x hardware x seeds"),
-    "train": ("agents.train", "train an RL eviction/prefetch agent with Stable-Baselines3"),
-    "evaluate": ("agents.evaluate", "evaluate any agent (handcrafted, learned or oracle) on an env id"),
+    "leaderboard": ("specmd_env.leaderboard.command", "score every policy over traces x capacities x hardware x seeds"),
+    "train": ("specmd_env.agents.train", "train an RL eviction/prefetch agent with Stable-Baselines3"),
+    "evaluate": ("specmd_env.agents.evaluate", "evaluate any agent (handcrafted, learned or oracle) on an env id"),
 }
 
 

@@ -65,16 +65,16 @@ def test_learned_agents_are_delegated(env, monkeypatch, tmp_path):
     import sys
     import types
     calls = []
-    fake = types.ModuleType("agents.learned")
+    fake = types.ModuleType("specmd_env.agents.learned")
     fake.load_learned_agent = lambda spec, e: calls.append((spec, e)) or "learned"
-    monkeypatch.setitem(sys.modules, "agents.learned", fake)
+    monkeypatch.setitem(sys.modules, "specmd_env.agents.learned", fake)
     assert load_agent(str(tmp_path / "model.zip"), env) == "learned"
     assert load_agent("ppo-olmoe", env) == "learned" and len(calls) == 2
 
 
 def test_missing_learned_module_is_a_clear_error(env, monkeypatch):
     import sys
-    monkeypatch.setitem(sys.modules, "agents.learned", None)
+    monkeypatch.setitem(sys.modules, "specmd_env.agents.learned", None)
     with pytest.raises(SpecMDError, match="learned agents are unavailable"):
         load_agent("some-model.zip", env)
 

@@ -1,9 +1,10 @@
 """specmd train / evaluate end to end: each algorithm trains a few hundred steps, saves, reloads as an
-Agent and is evaluated through ``agents.evaluate``; resuming from a checkpoint; clear errors."""
+Agent and is evaluated through ``specmd_env.agents.evaluate``; resuming from a checkpoint; clear errors."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ pytest.importorskip("sb3_contrib")
 import specmd_env  # noqa: E402,F401  (registers the env ids)
 from specmd_env.errors import SpecMDError  # noqa: E402
 
-from agents import evaluate as ev  # noqa: E402
-from agents.learned import TRAINED_DIR as TRAINED  # noqa: E402
-from agents.learned import LearnedAgent, infer_algo, load_learned_agent  # noqa: E402
-from agents.train import TrainConfig, load_hyperparams, parse_kwargs, train  # noqa: E402
+from specmd_env.agents import evaluate as ev  # noqa: E402
+from specmd_env.agents.learned import TRAINED_DIR as TRAINED  # noqa: E402
+from specmd_env.agents.learned import LearnedAgent, infer_algo, load_learned_agent  # noqa: E402
+from specmd_env.agents.train import TrainConfig, load_hyperparams, parse_kwargs, train  # noqa: E402
 
 EVICT, PREFETCH = "SpecMD-OLMoE-v0", "SpecMD-OLMoE-Prefetch-v0"
 SMALL = {"requests_per_episode": 1}
@@ -148,12 +149,13 @@ def test_dqn_on_multibinary_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name,env_id", [("maskable_ppo_olmoe_evict", EVICT), ("ppo_olmoe_prefetch", PREFETCH)])
 def test_committed_agents_load_and_act(name, env_id):
-    from agents.learned import TRAINED_DIR, read_metadata
+    from specmd_env.agents.learned import TRAINED_DIR, read_metadata
     from specmd_env.agents import load_agent
 
     meta = read_metadata(TRAINED_DIR / f"{name}.zip")
-    assert meta["command"].startswith("specmd train") and (TRAINED_DIR / f"{name}.md").is_file()
-    assert (TRAINED_DIR / f"{name}_curve.png").is_file()
+    reports = Path(__file__).resolve().parent.parent / "agents" / "trained"  # in the checkout, not installed
+    assert meta["command"].startswith("specmd train") and (reports / f"{name}.md").is_file()
+    assert (reports / f"{name}_curve.png").is_file()
     shape_kwargs = {k: v for k, v in meta["env_kwargs"].items() if k == "capacity"}
     env = ev.make_eval_env(env_id, {**SMALL, **shape_kwargs})
     agent = load_agent(name, env=env)

@@ -16,8 +16,9 @@ import pytest
 from specmd_env.generator import generate_trace
 from specmd_env.trace import save_trace
 
-from experiments import leaderboard, learned, stats
-from experiments.sweep import COLUMNS, RunLog, build_grid, load_rows, sample_requests
+from specmd_env.leaderboard import command as leaderboard
+from specmd_env.leaderboard import learned, stats
+from specmd_env.leaderboard.sweep import COLUMNS, RunLog, build_grid, load_rows, sample_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPS = ["0.02", "0.1"]
@@ -91,7 +92,7 @@ def test_same_sweep_twice_gives_identical_files(tiny, full_run, tmp_path):
 
 def test_kill_and_resume(tiny, full_run, tmp_path):
     """SIGKILL a sweep mid-run, tear its last line, restart: every run once, same bytes as uninterrupted."""
-    cmd = [sys.executable, "-m", "experiments.leaderboard", *argv(tiny, tmp_path), "--no-plots", "--run-delay", "0.1"]
+    cmd = [sys.executable, "-m", "specmd_env.leaderboard.command", *argv(tiny, tmp_path), "--no-plots", "--run-delay", "0.1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     csv_path = tmp_path / "runs.csv"

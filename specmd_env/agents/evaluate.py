@@ -62,7 +62,7 @@ def resolve_agent(spec, env):
         load_agent = None
     if load_agent is not None:
         return load_agent(spec, env=env)
-    from agents.learned import load_learned_agent
+    from specmd_env.agents.learned import load_learned_agent
 
     return load_learned_agent(spec, env)
 
@@ -221,7 +221,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from agents.train import parse_kwargs
+    from specmd_env.agents.train import parse_kwargs
 
     torch.set_num_threads(1)
     env_kwargs = parse_kwargs(args.env_kwargs)

@@ -3,7 +3,7 @@
     specmd train --algo maskable_ppo --env SpecMD-OLMoE-v0 --seed 0 --eval-freq 50000 \\
         --save runs/agents/my_agent.zip
 
-Hyperparameters come from ``agents/hyperparams/<algo>.yml`` keyed by env id (``default`` applies to
+Hyperparameters come from ``specmd_env/data/hyperparams/<algo>.yml`` keyed by env id (``default`` applies to
 every env; the env's own entry overrides it); ``--hyperparams FILE`` reads another file of the same
 shape and ``--hp key=value`` overrides single entries. Besides the algorithm's arguments an entry may
 name ``n_timesteps``, ``n_envs``, ``policy``, ``env_kwargs`` and a behaviour-cloning warm start
@@ -29,6 +29,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import yaml
 
 from specmd_env.errors import SpecMDError
 
-HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+HYPERPARAMS_DIR = Path(str(resources.files("specmd_env").joinpath("data", "hyperparams")))  # package data
 TRAIN_ALGOS = ("ppo", "maskable_ppo", "dqn")
 # Keys of a hyperparameter entry that are not algorithm constructor arguments.
 RUN_KEYS = ("n_timesteps", "n_envs", "policy", "env_kwargs", "vec", "normalize", "pretrain_agent", "pretrain_steps",
@@ -60,7 +61,7 @@ class TrainConfig:
     checkpoint_freq: int = 0                    # env steps between checkpoints (0: none)
     resume: str | None = None                   # a .zip to continue training from
     save: str | None = None                     # default <log_dir>/model.zip
-    hyperparams: str | None = None              # YAML file (default agents/hyperparams/<algo>.yml)
+    hyperparams: str | None = None              # YAML file (default specmd_env/data/hyperparams/<algo>.yml)
     hp: dict = field(default_factory=dict)      # single hyperparameter overrides
     progress_bar: bool = True
     threads: int = 1                            # torch CPU threads
@@ -146,8 +147,8 @@ def _schedule(value):
 
 
 def resolve_policy(name: str):
-    """'MlpPolicy' (SB3's own names) as is; a scorer policy of agents.learned by name; 'module:Class' imported."""
-    from agents.learned import POLICIES
+    """'MlpPolicy' (SB3's own names) as is; a scorer policy of specmd_env.agents.learned by name; 'module:Class' imported."""
+    from specmd_env.agents.learned import POLICIES
 
     if name in POLICIES:
         return POLICIES[name]
@@ -320,7 +321,7 @@ def _eval_callback(evaluator: FixedEpisodeEval, algo: str, freq: int, n_envs: in
                    best_path: Path | None = None):
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from agents.learned import LearnedAgent
+    from specmd_env.agents.learned import LearnedAgent
 
     class _Callback(BaseCallback):
         def __init__(self):
@@ -413,7 +414,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
     from stable_baselines3.common.callbacks import CheckpointCallback
 
-    from agents.learned import algo_class
+    from specmd_env.agents.learned import algo_class
 
     algo = cfg.algo.lower().replace("-", "_")
     if algo not in TRAIN_ALGOS:
@@ -453,7 +454,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise SpecMDError(f"--resume: {cfg.resume} does not exist")
         # Rebuild the network from this run's settings and load the checkpoint's weights and optimiser
         # state: SB3's cls.load would unpickle parts of the archive, which this project never does.
-        from agents.learned import archive_timesteps, load_weights
+        from specmd_env.agents.learned import archive_timesteps, load_weights
         model = cls(policy, env, seed=cfg.seed, device=cfg.device, tensorboard_log=str(log_dir / "tb"), verbose=0,
                     **algo_kwargs)
         load_weights(model, cfg.resume, cfg.device)
@@ -646,7 +647,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="PATH.zip", help="continue training this model")
     parser.add_argument("--save", default=None, metavar="PATH.zip", help="where to save the model (default <log-dir>/model.zip)")
     parser.add_argument("--hyperparams", default=None, metavar="FILE",
-                        help="YAML keyed by env id (default agents/hyperparams/<algo>.yml)")
+                        help="YAML keyed by env id (default specmd_env/data/hyperparams/<algo>.yml)")
     parser.add_argument("--hp", nargs="*", default=[], metavar="K=V", help="override single hyperparameters")
     parser.add_argument("--name", default=None, help="agent name recorded in the metadata")
     parser.add_argument("--eval-freq", type=int, default=0, help="every N env steps, play the greedy policy on a fixed "

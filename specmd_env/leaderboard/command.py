@@ -14,9 +14,9 @@ Writes to ``--out`` (default ``runs/leaderboard/`` under the current directory; 
   TTFT, TPOT; mean and 95% bootstrap interval) and the normalised score by capacity, hardware, trace.
 * ``hit_rate_vs_capacity.png``, ``collisions_least_stale_vs_lru.png``, ``ttft_by_hardware.png``.
 
-Scoring (normalisation, intervals): :mod:`experiments.stats`. Seeds and request samples, run ids and
-the file: :mod:`experiments.sweep`. Backends: :mod:`experiments.backends`. Learned agents:
-:mod:`experiments.learned`.
+Scoring (normalisation, intervals): :mod:`specmd_env.leaderboard.stats`. Seeds and request samples, run ids and
+the file: :mod:`specmd_env.leaderboard.sweep`. Backends: :mod:`specmd_env.leaderboard.backends`. Learned agents:
+:mod:`specmd_env.leaderboard.learned`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import pandas as pd
 from specmd_env.errors import SpecMDError
 from specmd_env.reward import RewardWeights
 
-from experiments import stats
-from experiments.backends import BACKENDS, default_workers, iter_results
-from experiments.sweep import EVICTIONS, PREFETCHES, RunLog, build_grid
+from specmd_env.leaderboard import stats
+from specmd_env.leaderboard.backends import BACKENDS, default_workers, iter_results
+from specmd_env.leaderboard.sweep import EVICTIONS, PREFETCHES, RunLog, build_grid
 
 DEFAULT_TRACES = ["olmoe-synthetic", "mixtral-synthetic"]  # qwen3-synthetic: add with --traces (its Belady runs at 25% take minutes)
 DEFAULT_CAPACITIES = [0.01, 0.05, 0.25]
@@ -81,7 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="local process pool, or Ray (pip install -e '.[ray]')")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--trained-dir", type=Path, default=None,
-                        help="where learned agents (*.zip) are (default: agents/trained)")
+                        help="where learned agents (*.zip) are (default: the committed ones, specmd_env/data/agents)")
     parser.add_argument("--no-learned", action="store_true", help="leave learned agents out")
     parser.add_argument("--learned-requests", type=int, default=1,
                         help="learned agents (slow: a network call per eviction) are scored, beside every "
@@ -272,12 +272,12 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
     specs = build_grid(args.traces, args.capacities, args.hardware, args.evictions, args.prefetches, args.seeds,
                        sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
                        delay=args.run_delay)
-    from experiments.sweep import load, trace_label_and_ref
+    from specmd_env.leaderboard.sweep import load, trace_label_and_ref
     for trace in args.traces:
         if load(trace_label_and_ref(trace)[1]).spec_scores is None and {"topk", "score"} & set(args.prefetches):
             notes.append(f"trace {trace} has no speculative scores: topk and score prefetching left out for it")
     if not args.no_learned:
-        from experiments.learned import agent_specs
+        from specmd_env.leaderboard.learned import agent_specs
         messages: list[str] = []
 
         def note(message):
@@ -321,7 +321,7 @@ def run(args) -> int:
     if df.empty:
         raise SpecMDError("no runs: check --traces, --evictions, --prefetches")
     out = Path(args.out)
-    from experiments.learned import is_agent_cell
+    from specmd_env.leaderboard.learned import is_agent_cell
     df = stats.add_normalised(df)
     agent_cells = df["trace"].map(is_agent_cell)
     main_df, agent_df = df[~agent_cells], df[agent_cells]
@@ -330,7 +330,7 @@ def run(args) -> int:
                      if (rows["agent"] != "").any()} or None  # one table per cell: never averaged across cells
     (out / MD_NAME).write_text(render(main_df, summary, args, notes, agent_df, agent_summary))
     if not args.no_plots:
-        from experiments.plots import make_all
+        from specmd_env.leaderboard.plots import make_all
         make_all(main_df, out)
     if not args.quiet:
         print(markdown_table(summary))
@@ -342,7 +342,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.leaderboard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m specmd_env.leaderboard.command", description=__doc__.splitlines()[0])
     configure(parser)
     args = parser.parse_args(argv)
     try:

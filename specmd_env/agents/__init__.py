@@ -10,18 +10,22 @@ checks that the environment driven by them gives the fast path's metrics). Oracl
 ``load_agent(spec, env)``: ``"lru"``, ``"fifo"``, ``"lfu"``, ``"least-stale"``, ``"random"``,
 ``"belady"`` (eviction), ``"none"``, ``"topk"``, ``"score"``, ``"oracle"`` (prefetch), ``"lru+score"``
 (joint: eviction agent + prefetch agent), or a learned agent (a ``.zip`` path or a committed name),
-loaded by ``agents.learned.load_learned_agent``.
+loaded by ``specmd_env.agents.learned.load_learned_agent``.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from specmd_env.envs.observation import (S_CANDIDATE, S_INSERT_AGE, S_TOUCH_AGE, S_USE_AGE, S_USE_COUNT,
                                          ObservationLayout)
 from specmd_env.errors import SpecMDError
+
+TRAINED_DIR = Path(str(resources.files("specmd_env").joinpath("data", "agents")))  # committed agents (package data)
 
 
 class Agent:
@@ -263,7 +267,7 @@ def _handcrafted(name: str, env, seed: int):
 def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
     """An agent by name (handcrafted), ``"<eviction>+<prefetch>"`` (joint), an :class:`Agent` (returned
     as is), or a learned agent: a path ending in ``.zip`` or a committed agent's name, delegated to
-    ``agents.learned.load_learned_agent(spec, env)``."""
+    ``specmd_env.agents.learned.load_learned_agent(spec, env)``."""
     if isinstance(spec, Agent):
         return spec
     if not isinstance(spec, str):
@@ -290,13 +294,13 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
                 raise SpecMDError(f"{spec!r} is a prefetch agent; this env asks for evictions")
             return agent
     try:
-        learned = importlib.import_module("agents.learned")
+        learned = importlib.import_module("specmd_env.agents.learned")
     except ImportError as exc:
         raise SpecMDError(f"unknown agent {spec!r}: not a handcrafted agent ({', '.join(HANDCRAFTED)}), and "
-                          f"learned agents are unavailable (agents.learned: {exc})") from None
+                          f"learned agents are unavailable (specmd_env.agents.learned: {exc})") from None
     return learned.load_learned_agent(spec, env)
 
 
 __all__ = ["Agent", "BeladyAgent", "EVICTION_AGENTS", "EvictionAgent", "FIFOAgent", "HANDCRAFTED", "JointAgent",
            "LFUAgent", "LRUAgent", "LeastStaleAgent", "NoPrefetchAgent", "OraclePrefetchAgent", "PREFETCH_AGENTS",
-           "PrefetchAgent", "RandomAgent", "ScorePrefetchAgent", "TopKPrefetchAgent", "load_agent"]
+           "PrefetchAgent", "RandomAgent", "ScorePrefetchAgent", "TRAINED_DIR", "TopKPrefetchAgent", "load_agent"]

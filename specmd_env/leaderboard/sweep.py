@@ -177,7 +177,7 @@ def execute(spec: RunSpec) -> dict:
         time.sleep(spec.delay)
     trace = load(spec.trace_ref)
     if spec.agent:
-        from experiments.learned import run_agent
+        from specmd_env.leaderboard.learned import run_agent
         try:
             result = run_agent(spec, trace)
         except Exception as exc:  # a learned agent that fails is skipped with a note, never fatal

@@ -1,6 +1,6 @@
 """Where the runs of a sweep execute: in this process, a local process pool, or a Ray cluster.
 
-Every backend calls the same :func:`experiments.sweep.execute` on the same :class:`RunSpec`, so the
+Every backend calls the same :func:`specmd_env.leaderboard.sweep.execute` on the same :class:`RunSpec`, so the
 same specs give the same rows on every backend; only the completion order differs, and the results file
 is put in canonical order at the end. ``iter_results(specs)`` yields each row as soon as it is done.
 
@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 
 from specmd_env.errors import SpecMDError
 
-from experiments.sweep import RunSpec, execute
+from specmd_env.leaderboard.sweep import RunSpec, execute
 
 BACKENDS = ("local", "ray")
 
@@ -77,7 +77,7 @@ def iter_ray(specs: list[RunSpec], workers: int, address: str | None = None) -> 
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if address:
             ray.init(address=address, **kwargs)
-        else:  # a local Ray; its workers import specmd_env and experiments from the installed package
+        else:  # a local Ray; its workers import specmd_env from the installed package
             ray.init(num_cpus=workers, **kwargs)
         started_here = True
     try:

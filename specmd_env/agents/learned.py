@@ -1,7 +1,7 @@
 """Learned agents: a Stable-Baselines3 model (.zip) behind the :class:`specmd_env.agents` Agent interface.
 
-``load_learned_agent("agents/trained/maskable_ppo_olmoe_evict.zip")`` or, for a committed agent, its name
-(``load_learned_agent("maskable_ppo_olmoe_evict")`` resolves to ``agents/trained/<name>.zip``). The
+``load_learned_agent("runs/agents/my_run/model.zip")`` or, for a committed agent, its name
+(``load_learned_agent("maskable_ppo_olmoe_evict")`` resolves to ``specmd_env/data/agents/<name>.zip``). The
 algorithm is read from the metadata JSON written beside every model by ``specmd train`` (``<stem>.json``),
 else inferred from the policy class stored in the .zip itself. ``act(obs, info)`` is
 ``model.predict(obs, deterministic=True)``; for MaskablePPO the action mask comes from ``info["action_mask"]``,
@@ -22,11 +22,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from specmd_env.agents import TRAINED_DIR
 from specmd_env.errors import SpecMDError
 
-TRAINED_DIR = Path(__file__).resolve().parent / "trained"
-
-# name -> (module, class); imported lazily so that `import agents.learned` stays cheap.
+# name -> (module, class); imported lazily so that `import specmd_env.agents.learned` stays cheap.
 ALGOS: dict[str, tuple[str, str]] = {
     "ppo": ("stable_baselines3", "PPO"),
     "a2c": ("stable_baselines3", "A2C"),
@@ -47,12 +46,12 @@ def algo_class(algo: str):
 
 
 def list_trained() -> list[str]:
-    """Names of the committed learned agents (agents/trained/<name>.zip)."""
+    """Names of the committed learned agents (specmd_env/data/agents/<name>.zip)."""
     return sorted(p.stem for p in TRAINED_DIR.glob("*.zip"))
 
 
 def resolve_model_path(path_or_name: str | Path) -> Path:
-    """A .zip path as given, or a committed agent's name -> agents/trained/<name>.zip."""
+    """A .zip path as given, or a committed agent's name -> specmd_env/data/agents/<name>.zip."""
     text = str(path_or_name)
     path = Path(text)
     if text.endswith(".zip"):
@@ -115,7 +114,7 @@ def rebuild_model(path: str | Path, meta: dict[str, Any], env=None, device: str 
     import gymnasium as gym
 
     import specmd_env  # noqa: F401  (registers the environments)
-    from agents.train import _policy_kwargs, resolve_policy
+    from specmd_env.agents.train import _policy_kwargs, resolve_policy
 
     hp = meta.get("hyperparams") or {}
     own_env = env is None
@@ -200,7 +199,7 @@ def check_spaces(model, env) -> None:
 
 
 def load_learned_agent(path_or_name: str | Path, env=None, device: str = "cpu") -> LearnedAgent:
-    """Load an SB3 .zip (path, or the name of a committed agent in agents/trained/) as an Agent.
+    """Load an SB3 .zip (path, or the name of a committed agent in specmd_env/data/agents/) as an Agent.
 
     env: optional env the agent will act in; its spaces are checked against the model's, and it supplies
     action masks for MaskablePPO when neither ``info`` nor the observation carries one.

@@ -1,4 +1,4 @@
-"""The leaderboard's hook for committed learned agents (``agents/trained/*.zip``).
+"""The leaderboard's hook for committed learned agents (``specmd_env/data/agents/*.zip``).
 
 Each ``<name>.zip`` may have ``<name>.json`` beside it (written by ``specmd train``) with ``env_id`` and
 ``env_kwargs``. An agent is evaluated only in the leaderboard cells it was trained for: same model as the
@@ -25,8 +25,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TRAINED_DIR = ROOT / "agents" / "trained"
+from specmd_env.agents import TRAINED_DIR
 
 
 def discover(trained_dir: Path | None = None) -> list[Path]:
@@ -73,7 +72,7 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
     an agent is never scored on its training requests. Prints why nothing is added when nothing is."""
     paths = discover(trained_dir)
     if not paths:
-        log("leaderboard: no learned agents found (agents/trained/*.zip); scoring handcrafted policies and oracles")
+        log("leaderboard: no learned agents found (specmd_env/data/agents/*.zip); scoring handcrafted policies and oracles")
         return []
     why = interface_available()
     if why:
@@ -130,13 +129,13 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
 
 
 def load_n(spec) -> int:
-    from experiments.sweep import load
+    from specmd_env.leaderboard.sweep import load
     return load(spec.trace_ref).num_requests
 
 
 def held_out_requests(spec) -> set[int]:
     """The trace's test split (the environment's deterministic split): agents train on the rest."""
-    from experiments.sweep import load
+    from specmd_env.leaderboard.sweep import load
     from specmd_env.envs.cache_env import split_requests
     return set(split_requests(load(spec.trace_ref), "test").tolist())
 
