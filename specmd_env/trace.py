@@ -79,7 +79,7 @@ _MEMBER_DTYPES = {
     "token_ids": np.dtype(np.int32),
 }
 _OPTIONAL = ("gate_weights", "spec_scores", "token_ids")
-_VALIDATE_CHUNK = 1 << 14  # tokens checked at a time, so validating a memory-mapped trace stays small
+_VALIDATE_CELLS = 1 << 21  # (token, layer, id or score) cells checked at a time: validation memory stays small
 
 # Bounds on what a file may claim, far above any real MoE model or trace, so that a lying header can
 # never make a reader allocate without limit (largest models today: 512 routed experts, under 100 MoE layers).
@@ -87,6 +87,8 @@ MAX_LAYERS = 1024
 MAX_EXPERTS = 4096                # expert ids are int16 anyway
 MAX_META_BYTES = 4 << 20          # meta_json: room for the domain names of about 400k requests
 MAX_INFLATED_BYTES = 256 << 20    # all deflated members together; larger traces are saved uncompressed
+MAX_INFLATE_RATIO = 32            # ... and at most 32x their compressed bytes (+16 MiB): real traces deflate 1-5x,
+_INFLATE_FLOOR = 16 << 20         # so a small file cannot stand for a huge amount of work
 _COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 _READ_PIECE = 16 << 20            # inflate into the final array in pieces: no second copy of a member
 
@@ -270,8 +272,9 @@ def validate(trace: Trace) -> None:
         if array is not None:
             _check_array(name, array, shape)
 
-    for start in range(0, num_tokens, _VALIDATE_CHUNK):
-        stop = min(start + _VALIDATE_CHUNK, num_tokens)
+    step = max(1, _VALIDATE_CELLS // (num_layers * max(top_k, num_experts if trace.spec_scores is not None else 1)))
+    for start in range(0, num_tokens, step):
+        stop = min(start + step, num_tokens)
         trace.check_file()
         chunk = np.asarray(ids[start:stop])
         if chunk.min(initial=0) < 0 or chunk.max(initial=0) >= num_experts:
@@ -321,10 +324,13 @@ def _check_array(name: str, array: np.ndarray, shape: tuple | None) -> None:
 
 def save_trace(trace: Trace, path: str | os.PathLike, *, compress: bool = False) -> Path:
     """Write ``trace`` to ``path`` (an ``.npz``). Uncompressed files are memory-mapped when loaded;
-    compressed ones are smaller. The file appears under its name only once it is complete."""
+    compressed ones are smaller. The file appears under its name only once it is complete, and only if
+    :func:`load_trace` will read it back (metadata and compressed sizes within its limits)."""
     validate(trace)
     path = Path(path)
-    members = {"meta_json": np.frombuffer(json.dumps(trace.meta, sort_keys=True).encode(), np.uint8),
+    meta = json.dumps(trace.meta, sort_keys=True).encode()
+    load_json(meta, "meta_json", max_bytes=MAX_META_BYTES)
+    members = {"meta_json": np.frombuffer(meta, np.uint8),
                "request_offsets": np.asarray(trace.request_offsets), "prompt_lengths": np.asarray(trace.prompt_lengths),
                "expert_ids": np.asarray(trace.expert_ids)}
     for name in _OPTIONAL:
@@ -339,6 +345,11 @@ def save_trace(trace: Trace, path: str | os.PathLike, *, compress: bool = False)
             for name, array in members.items():
                 with zf.open(name + ".npy", "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+            infos = zf.infolist()
+        packed, inflated = sum(i.compress_size for i in infos), sum(i.file_size for i in infos)
+        if compress and inflated > inflate_limit(packed):
+            raise TraceFormatError(f"{path}: this trace deflates to {packed} bytes that inflate to {inflated}, over "
+                                   f"what load_trace accepts ({inflate_limit(packed)}); save it uncompressed")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -376,6 +387,11 @@ def load_trace(path: str | os.PathLike, *, mmap: bool = True) -> Trace:
         raise TraceFormatError(f"{path}: {exc}") from None
 
 
+def inflate_limit(compressed_bytes: int) -> int:
+    """How many bytes deflated members of ``compressed_bytes`` may inflate to (see MAX_INFLATE_RATIO)."""
+    return min(MAX_INFLATED_BYTES, _INFLATE_FLOOR + MAX_INFLATE_RATIO * compressed_bytes)
+
+
 def _read_members(reader: "_MemberReader") -> dict:
     """The members in dependency order, each read only after its shape is known to be the right one."""
     raw_meta = reader.read("meta_json", (None,), max_bytes=MAX_META_BYTES)
@@ -404,7 +420,7 @@ class _MemberReader:
         self.handle, self.zf, self.mmap = handle, zf, mmap
         self.file_size = os.fstat(handle.fileno()).st_size
         self.members: dict[str, zipfile.ZipInfo] = {}
-        unexpected, inflated = [], 0
+        unexpected, inflated, deflated = [], 0, 0
         for info in zf.infolist():
             name = info.filename.removesuffix(".npy")
             if name not in _MEMBER_DTYPES or not info.filename.endswith(".npy"):
@@ -419,16 +435,17 @@ class _MemberReader:
                                                              info.header_offset + info.file_size > self.file_size):
                 _fail(f"member {info.filename!r} claims {info.file_size} bytes, more than the file holds")
             if info.compress_type == zipfile.ZIP_DEFLATED:
-                inflated += info.file_size
+                inflated, deflated = inflated + info.file_size, deflated + info.compress_size
             self.members[name] = info
         if unexpected:
             _fail(f"unexpected members {shorten(unexpected)} (not a specmd trace v{FORMAT_VERSION})")
         for name in _MEMBER_DTYPES:
             if name not in _OPTIONAL and name not in self.members:
                 _fail(f"required member {name + '.npy'!r} is missing")
-        if inflated > MAX_INFLATED_BYTES:
-            _fail(f"its deflated members would inflate to {inflated} bytes, over the limit of {MAX_INFLATED_BYTES} "
-                  "(save large traces uncompressed: they are memory-mapped, never read whole)")
+        limit = inflate_limit(deflated)
+        if inflated > limit:
+            _fail(f"its deflated members ({deflated} bytes) would inflate to {inflated} bytes, over the limit of "
+                  f"{limit} (save large or repetitive traces uncompressed: they are memory-mapped, never read whole)")
 
     def read(self, name: str, shape: tuple, max_bytes: int | None = None) -> np.ndarray:
         """Member ``name``, whose declared shape must be ``shape`` (None: any length on that axis, the

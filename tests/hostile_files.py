@@ -4,7 +4,9 @@
 * :func:`write_zip` -- a zip of members, each stored, deflated or bzip2-compressed, optionally with a
   lying size in the zip directory.
 * :func:`deflate_zeros` / :func:`bzip2_zeros` -- a compressed member that really inflates to a header
-  plus ``n`` zero bytes (a decompression bomb), built in a fraction of a second for any ``n``.
+  plus ``n`` zero (or other fill) bytes (a decompression bomb), built in a fraction of a second for any ``n``.
+* :func:`deflate_then_garbage` -- a member whose data past the header cannot be inflated (to show a
+  reader refused it from its header alone).
 * :func:`trace_members` -- the members of a small valid trace, to edit one at a time.
 """
 
@@ -63,22 +65,35 @@ def plain(data: bytes, method: int = STORED) -> Member:
     return Member(packed, method, zlib.crc32(data), len(data))
 
 
-def deflate_zeros(head: bytes, n: int) -> Member:
-    """A deflated member that inflates to ``head`` + ``n`` zero bytes. Full flushes make every 1 MiB block
-    of zeros compress to the same bytes, so the stream is built by repetition (about 1 KB per MiB)."""
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+def _deflater():
+    return zlib.compressobj(9, zlib.DEFLATED, -15)
+
+
+def deflate_zeros(head: bytes, n: int, fill: bytes = b"\0") -> Member:
+    """A deflated member that inflates to ``head`` + ``n`` bytes ``fill``. Full flushes make every 1 MiB
+    block compress to the same bytes, so the stream is built by repetition (about 1 KB per MiB)."""
+    block_data = fill * _BLOCK
+    c = _deflater()
     first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
-    block_c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = block_c.compress(bytes(_BLOCK)) + block_c.flush(zlib.Z_FULL_FLUSH)
+    block_c = _deflater()
+    block = block_c.compress(block_data) + block_c.flush(zlib.Z_FULL_FLUSH)
     full, rest = divmod(n, _BLOCK)
-    tail_c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    tail = tail_c.compress(bytes(rest)) + tail_c.flush()
+    tail_c = _deflater()
+    tail = tail_c.compress(fill * rest) + tail_c.flush()
     crc = zlib.crc32(head)
-    zeros = bytes(_BLOCK)
     for _ in range(full):
-        crc = zlib.crc32(zeros, crc)
-    crc = zlib.crc32(bytes(rest), crc)
+        crc = zlib.crc32(block_data, crc)
+    crc = zlib.crc32(fill * rest, crc)
     return Member(first + block * full + tail, DEFLATED, crc, len(head) + n)
+
+
+def deflate_then_garbage(head: bytes, n: int) -> Member:
+    """A deflated member whose first 8 KiB inflate to ``head`` + zeros and whose remaining compressed bytes
+    are garbage, declaring ``len(head) + n`` bytes: a reader that goes past the header fails in zlib."""
+    c = _deflater()
+    valid = c.compress(head + bytes(8192)) + c.flush(zlib.Z_FULL_FLUSH)
+    garbage = bytes(range(256)) * 16
+    return Member(valid + garbage, DEFLATED, 0, len(head) + n)
 
 
 def bzip2_zeros(head: bytes, n: int) -> Member:
@@ -97,11 +112,13 @@ def bzip2_zeros(head: bytes, n: int) -> Member:
     return Member(b"".join(parts), BZIP2, crc, len(head) + n)
 
 
-def write_zip(path: Path, members: dict[str, bytes | Member]) -> Path:
-    """A zip file of ``members`` (name -> bytes, stored; or a :class:`Member`). Written by hand, so a
-    member's method and declared size are whatever the test says. No zip64: members stay under 4 GiB."""
+def write_zip(path: Path, members) -> Path:
+    """A zip file of ``members`` (name -> bytes, stored; or a :class:`Member`; a dict or a list of pairs, so
+    names may repeat). Written by hand, so a member's method and declared size are whatever the test says.
+    No zip64: members stay under 4 GiB."""
     out, central = bytearray(), bytearray()
-    for name, member in members.items():
+    pairs = list(members.items()) if isinstance(members, dict) else list(members)
+    for name, member in pairs:
         if not isinstance(member, Member):
             member = plain(member)
         raw = name.encode()
@@ -112,7 +129,7 @@ def write_zip(path: Path, members: dict[str, bytes | Member]) -> Path:
                                len(member.data), member.file_size, len(raw), 0, 0, 0, 0, 0, offset) + raw
     start = len(out)
     out += central
-    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), start, 0)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(pairs), len(pairs), len(central), start, 0)
     path = Path(path)
     path.write_bytes(bytes(out))
     return path
