@@ -25,7 +25,8 @@ def _make_folder(path: Path, option: str, shown: Path) -> None:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise _refuse(option, shown, f"{str(ancestor)!r} is a file, not a folder")
+        raise _refuse(option, shown, "is a file, not a folder" if ancestor == shown else
+                      f"{str(ancestor)!r} is a file, not a folder")
     path.mkdir(parents=True, exist_ok=True)
 
 
