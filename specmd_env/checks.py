@@ -48,6 +48,25 @@ def integer(name: str, value, minimum: int | None = None, maximum: int | None = 
     return number
 
 
+def count(name: str, value, minimum: int = 0) -> int:
+    """A count from a settings file or the command line: an integer, or a float with no fractional part
+    (YAML reads ``1e5`` as a float), at least ``minimum``. ``2.5``, ``"3"`` and ``True`` are refused."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return integer(name, value, minimum=minimum)
+
+
+def no_repeats(name: str, values) -> None:
+    """Each value once: a repeated seed, capacity or policy would be run once but counted twice."""
+    seen, repeated = set(), []
+    for value in values:
+        if value in seen and value not in repeated:
+            repeated.append(value)
+        seen.add(value)
+    if repeated:
+        raise SpecMDError(f"{name} repeats {shorten(repeated)}; give each value once")
+
+
 def integer_array(name: str, values, minimum: int, maximum: int) -> np.ndarray:
     """A flat int64 array of ``values`` (a list or 1-d array of integers in [minimum, maximum)); a float,
     bool, string or nested element anywhere is refused, not cast."""

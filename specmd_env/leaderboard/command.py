@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from specmd_env.checks import shorten
+from specmd_env.checks import no_repeats
 from specmd_env.errors import SpecMDError
 from specmd_env.outputs import writable_dir
 from specmd_env.reward import RewardWeights
@@ -58,16 +58,6 @@ def _seeds(text: str) -> list[int]:
             out.append(int(part))
     return out
 
-
-def _no_repeats(option: str, values) -> None:
-    """Each value once: a repeated seed, capacity or policy would be run once but counted twice."""
-    seen, repeated = set(), []
-    for value in values:
-        if value in seen and value not in repeated:
-            repeated.append(value)
-        seen.add(value)
-    if repeated:
-        raise SpecMDError(f"{option} repeats {shorten(repeated)}; give each value once")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +148,7 @@ def _validate(args) -> None:
         raise SpecMDError(f"--learned-requests must be >= 1, got {args.learned_requests}")
     for option, values in (("--seeds", args.seeds), ("--capacities", args.capacities), ("--hardware", args.hardware),
                            ("--evictions", args.evictions), ("--prefetches", args.prefetches)):
-        _no_repeats(option, values)
+        no_repeats(option, values)
     labels: dict[str, str] = {}
     for trace in args.traces:
         label, ref = trace_label_and_ref(trace)
