@@ -153,6 +153,11 @@ class Trace:
     def request_slice(self, r: int) -> slice:
         return slice(int(self.request_offsets[r]), int(self.request_offsets[r + 1]))
 
+    def __getstate__(self) -> dict:
+        """A copied or pickled trace holds its arrays in memory (numpy copies memory maps as plain arrays),
+        so it has no mapped file to check: the open descriptor means nothing in another process."""
+        return {**self.__dict__, "mapped_file": None}
+
     def check_file(self) -> None:
         """Raise :class:`TraceFormatError` if the file this trace's arrays are mapped from has changed
         since it was loaded (see the module docstring); nothing to check for an in-memory trace."""

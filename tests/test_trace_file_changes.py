@@ -4,6 +4,7 @@ with the contents it started with. Cases that would SIGBUS run in a child proces
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def test_check_file_and_in_memory_traces(stored):
     trace.check_file()                                    # unchanged: nothing to say
     assert load_trace(stored, mmap=False).mapped_file is None
     assert trace.select_requests([0, 1]).mapped_file is None
+    copied = copy.deepcopy(trace)                          # (a pickled trace too: its arrays are in memory)
+    assert copied.mapped_file is None and np.array_equal(copied.expert_ids, trace.expert_ids)
     time.sleep(0.05)
     with open(stored, "ab") as fh:
         fh.write(b"x")
