@@ -54,6 +54,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from specmd_env.checks import integer
 from specmd_env.errors import SpecMDError
 from specmd_env.models import ModelSpec, get_model
 from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace
@@ -338,8 +339,7 @@ def _check_args(domains, requests_per_domain, spec_accuracy, sigma, gamma, persi
         raise SpecMDError(f"domains must be a non-empty list of names, got {domains!r}")
     if len(set(domains)) != len(domains):
         raise SpecMDError(f"domains must not repeat, got {domains!r}")
-    if not isinstance(requests_per_domain, (int, np.integer)) or requests_per_domain < 1:
-        raise SpecMDError(f"requests_per_domain must be a positive integer, got {requests_per_domain!r}")
+    integer("requests_per_domain", requests_per_domain, minimum=1)
     if not 0.0 < spec_accuracy <= 1.0:
         raise SpecMDError(f"spec_accuracy must be in (0, 1], got {spec_accuracy!r}")
     if sigma <= 0 or gamma < 0:
@@ -375,6 +375,7 @@ def iter_generate(model: str | ModelSpec = "olmoe-1b-7b", *, domains: Sequence[s
     spec = get_model(model)
     domains = tuple(domains)
     _check_args(domains, requests_per_domain, spec_accuracy, noise_scale, crosslayer_strength, persistence)
+    seed, structure_seed = integer("seed", seed, minimum=0), integer("structure_seed", structure_seed, minimum=0)
     L, E, k = spec.num_layers, spec.num_experts, spec.top_k
     structure = _structure(spec.name, domains, int(structure_seed), float(noise_scale), float(crosslayer_strength),
                            None if persistence is None else float(persistence), float(target_overlap_l0),
@@ -574,6 +575,9 @@ def configure(parser) -> None:
 def run(args) -> int:
     import time
 
+    from specmd_env.outputs import writable_file
+
+    writable_file(args.out, "--out")
     started = time.perf_counter()
     path = write_trace(args.out, compress=args.compress, model=args.model,
                        domains=tuple(d.strip() for d in args.domains.split(",") if d.strip()),

@@ -37,15 +37,18 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from specmd_env.checks import integer, integer_array
 from specmd_env.errors import SpecMDError
+from specmd_env.safe_json import load_json
 from specmd_env.trace import Trace, save_trace
+
+MAX_PROMPT_LINE_BYTES = 16 << 20  # one line of a .jsonl prompts file
 
 SPEC_SCORES_DEFINITION = (
     "softmax(router_{l+1}(post_attention_layernorm_{l+1}(x_l))) where x_l is the residual stream entering "
@@ -265,8 +268,7 @@ def record_trace(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, ma
     import torch
     import transformers
 
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise SpecMDError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=0)
     prompts = list(prompts)
     if not prompts:
         raise SpecMDError("no prompts to record")
@@ -296,7 +298,7 @@ def record_trace(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, ma
                         raise SpecMDError(f"prompt {r} is text but no tokenizer was given")
                     token_ids = list(tokenizer(prompt)["input_ids"])
                 else:
-                    token_ids = [int(t) for t in prompt]
+                    token_ids = integer_array(f"prompt {r} token ids", prompt, 0, 2**31).tolist()
                 if not token_ids:
                     raise SpecMDError(f"prompt {r} is empty after tokenization")
                 x = torch.tensor([token_ids], dtype=torch.long, device=device)
@@ -371,10 +373,8 @@ def read_prompts(path: str | Path, default_domain: str = "unknown") -> tuple[lis
             prompts.append(line)
             domains.append(default_domain)
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpecMDError(f"prompts file {str(path)!r} line {number}: not valid JSON ({exc.msg})") from None
+        row = load_json(line, f"prompts file {str(path)!r} line {number}", max_bytes=MAX_PROMPT_LINE_BYTES,
+                        error=SpecMDError)
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
             raise SpecMDError(f"prompts file {str(path)!r} line {number}: expected an object with a non-empty "
                               f"string \"prompt\", got {line.strip()[:80]!r}")
@@ -430,12 +430,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from specmd_env.outputs import writable_file
+
+    writable_file(args.out, "--out")
+    threads = integer("--threads", args.threads, minimum=0)
     prompts, domains = read_prompts(args.prompts, args.domain)
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise SpecMDError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
     if args.device.startswith("cuda"):
-        import torch
         if not torch.cuda.is_available():
             raise SpecMDError("--device cuda given but CUDA is not available")
     model, tokenizer = load_model(args.model, args.device, args.dtype)

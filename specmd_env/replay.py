@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from specmd_env import kernel as K
+from specmd_env.checks import integer_array, shorten
 from specmd_env.errors import SpecMDError
 from specmd_env.eviction import EvictionPolicy, get_eviction
 from specmd_env.hardware import HardwareProfile, capacity_slots, get_profile
@@ -91,8 +92,9 @@ class Replay:
 
         # -- prefetcher ---------------------------------------------------------------------------------
         self.prefetch_object = None
-        external_prefetch = "prefetch" in decide or prefetch == EXTERNAL or hasattr(prefetch, "propose_python")
-        if hasattr(prefetch, "propose_python"):
+        python_prefetcher = not isinstance(prefetch, (str, Prefetcher)) and hasattr(prefetch, "propose")
+        external_prefetch = "prefetch" in decide or prefetch == EXTERNAL or python_prefetcher
+        if python_prefetcher:  # the slow path: propose(view) -> expert ids of layer l + lookahead
             self.prefetch_object = prefetch
         self.external_prefetch = external_prefetch
         self.prefetcher = get_prefetcher("none" if external_prefetch else prefetch, self.model.top_k,
@@ -128,6 +130,7 @@ class Replay:
                 raise SpecMDError(f"requests must be a list of trace request indices in [0, {trace.num_requests}), "
                                   f"got {requests!r:.120}")
 
+        trace.check_file()
         self.plan: PassPlan = plan_passes(trace, self.batch_size, requests)
         self._progress = self.plan.passes_since_group_start()
         self._pass_ready = np.zeros(self.plan.num_passes)  # the earliest time each pass may start
@@ -218,6 +221,7 @@ class Replay:
 
     # -- driving the kernel -------------------------------------------------------------------------
     def _next_chunk(self) -> bool:
+        self.trace.check_file()  # a memory-mapped trace file that changed would give SIGBUS or wrong data
         bounds = next(self._chunks, None)
         if bounds is None:
             self.chunk = None
@@ -289,14 +293,10 @@ class Replay:
         best first (may be empty). Experts already resident are hints; the copy engine's limits apply."""
         if self.pending_kind != "prefetch-choice":
             raise SpecMDError("no prefetch choice is pending")
-        experts = np.asarray(experts).ravel()
         E = self.model.num_experts
-        if experts.size and experts.dtype.kind not in "iu":
-            raise SpecMDError(f"prefetch choice must be integer expert ids, got {experts.tolist()!r:.200}")
-        experts = experts.astype(np.int64)
-        if len(experts) > E or (len(experts) and (experts.min() < 0 or experts.max() >= E)) \
-                or len(np.unique(experts)) != len(experts):
-            raise SpecMDError(f"prefetch choice must be distinct expert ids in [0, {E}), got {experts.tolist()}")
+        experts = integer_array("prefetch choice (expert ids)", experts, 0, E)  # [0.7] is refused, not expert 0
+        if len(np.unique(experts)) != len(experts):
+            raise SpecMDError(f"prefetch choice must be distinct expert ids, got {shorten(experts)}")
         _, now = self.current_event
         target = now + self.lookahead if layer is None else int(layer)
         if not now < target < self.model.num_layers:
@@ -343,10 +343,8 @@ class Replay:
             raise SpecMDError(f"no eviction decision is pending (pending: {self.pending_kind})")
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.capacity \
                 or not self.candidate_mask()[slot]:
-            cands = np.flatnonzero(self.candidate_mask()).tolist()
             raise SpecMDError(f"slot {slot!r} may not be evicted now (pinned by the layer computing, in flight, "
-                              f"empty, or outside this layer's share); candidates: {cands[:20]}"
-                              f"{' ...' if len(cands) > 20 else ''}")
+                              f"empty, or outside this layer's share); candidates: {shorten(np.flatnonzero(self.candidate_mask()))}")
         self.ist[K.I_ACTION] = int(slot)
 
     def view(self) -> "PythonView":
@@ -359,7 +357,7 @@ class Replay:
             if self.pending_kind == "prefetch-choice":
                 if self.prefetch_object is None:
                     raise SpecMDError("prefetch='external' replays need choices: use advance()/choose_prefetch(), or the env")
-                self.choose_prefetch(self.prefetch_object.propose_python(self.view()))
+                self.choose_prefetch(self.prefetch_object.propose(self.view()))
             else:
                 if self.policy_object is None:
                     raise SpecMDError("eviction='external' replays need decisions: use advance()/decide(), or the env")

@@ -21,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from specmd_env.checks import integer
+from specmd_env.errors import SpecMDError
 from specmd_env.trace import Trace
 
-_CHUNK = 1 << 15
 OLMOE_SHAPE = (16, 64, 8)
+MAX_DOMAIN_ROWS = 64        # domains shown one per row; the rest (fewest tokens) are pooled into one row
+_CHUNK_ELEMENTS = 1 << 21   # (token, layer, expert) cells per chunk: memory stays flat whatever the trace's shape
+_DENSE_KEYS = 1 << 22       # a count table of at most this many keys is a dense array, beyond that a sparse one
 
 
 def _anchors(num_layers: int) -> tuple[int, ...]:
@@ -40,81 +44,177 @@ def _pairs(num_layers: int) -> list[tuple[int, int]]:
     return pairs
 
 
+class _Counter:
+    """Exact counts of integer keys in [0, space). A dense array while the key space is small; beyond
+    :data:`_DENSE_KEYS` sorted (key, count) pairs, merged as they grow -- so memory follows the keys a
+    trace actually holds, never a product of what its header claims (domains x experts^2 ...)."""
+
+    def __init__(self, space: int):
+        self._space = space
+        self._dense = np.zeros(space, np.int64) if space <= _DENSE_KEYS else None
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending = self._merged = 0
+
+    def add(self, keys: np.ndarray) -> None:
+        if self._dense is not None:
+            self._dense += np.bincount(keys, minlength=self._space)
+            return
+        self._parts.append(np.unique(keys, return_counts=True))
+        self._pending += len(self._parts[-1][0])
+        if self._pending > max(_DENSE_KEYS, 2 * self._merged):
+            self._merge()
+
+    def _merge(self) -> None:
+        keys = np.concatenate([k for k, _ in self._parts] or [np.zeros(0, np.int64)])
+        counts = np.concatenate([c for _, c in self._parts] or [np.zeros(0, np.int64)])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        self._parts = [(unique, np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64))]
+        self._pending = self._merged = len(unique)
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, counts) of every key counted at least once, keys ascending."""
+        if self._dense is not None:
+            keys = np.flatnonzero(self._dense)
+            return keys, self._dense[keys]
+        self._merge()
+        return self._parts[0]
+
+
+def _segments(groups: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal values in a sorted array."""
+    return np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]])) if len(groups) else groups
+
+
+def _load_figures(counter: _Counter, num_groups: int, E: int, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group g of a counter keyed g * E + expert: the coefficient of variation (population std / mean)
+    of the E experts' loads, and the share of the group's tokens that chose its most chosen expert."""
+    keys, counts = counter.items()
+    group, load = keys // E, counts.astype(np.float64)
+    total = np.bincount(group, weights=load, minlength=num_groups)
+    squares = np.bincount(group, weights=load * load, minlength=num_groups)
+    hottest = np.zeros(num_groups)
+    starts = _segments(group)
+    if len(starts):
+        hottest[group[starts]] = np.maximum.reduceat(load, starts)
+    mean = total / E
+    std = np.sqrt(np.maximum(squares / E - mean * mean, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = np.where(mean > 0, std / mean, np.nan)
+        share = np.where(tokens > 0, hottest / tokens, np.nan)
+    return cv, share
+
+
+def _predictability(counter: _Counter, num_groups: int, E: int) -> np.ndarray:
+    """Per group g of a counter keyed (g * E + a) * E + b (a top-1 followed by b): the fraction of tokens
+    whose b is the most frequent successor of their a."""
+    keys, counts = counter.items()
+    source = keys // E
+    starts = _segments(source)
+    best = np.maximum.reduceat(counts, starts) if len(starts) else np.zeros(0, np.int64)
+    hits = np.bincount(source[starts] // E, weights=best, minlength=num_groups)
+    total = np.bincount(keys // (E * E), weights=counts, minlength=num_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, hits / total, np.nan)
+
+
+def _shared(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a & b| along the last axis, for rows of distinct ids: equal neighbours after sorting both together
+    (memory of a and b, where comparing every pair would take k times more)."""
+    both = np.sort(np.concatenate([a, b], axis=-1), axis=-1)
+    return (both[..., 1:] == both[..., :-1]).sum(axis=-1)
+
+
+def _domain_rows(trace: Trace, max_domains: int) -> tuple[list[str], np.ndarray]:
+    """Row names and each request's row: one row per domain (first-appearance order); beyond
+    ``max_domains``, the domains with the fewest tokens share one row."""
+    names = list(dict.fromkeys(trace.domains))
+    index = {name: i for i, name in enumerate(names)}
+    row_of_request = np.array([index[d] for d in trace.domains], np.int64)
+    if len(names) <= max_domains:
+        return names, row_of_request
+    tokens = np.bincount(row_of_request, weights=np.diff(np.asarray(trace.request_offsets)), minlength=len(names))
+    kept = np.sort(np.argsort(-tokens, kind="stable")[:max_domains])
+    remap = np.full(len(names), len(kept), np.int64)
+    remap[kept] = np.arange(len(kept))
+    pooled = f"(other {len(names) - len(kept)} domains)"
+    return [names[i] for i in kept] + [pooled], remap[row_of_request]
+
+
 class _Accumulator:
-    """Counts gathered in one pass over the trace, per domain."""
+    """Counts gathered in one pass over the trace, per row of the domain table and over all tokens."""
 
-    def __init__(self, trace: Trace):
-        self.L, self.E, self.k = trace.num_layers, trace.num_experts, trace.top_k
-        self.domain_names = list(dict.fromkeys(trace.domains))
+    def __init__(self, trace: Trace, max_domains: int):
+        self.L, self.E, self.k = L, E, k = trace.num_layers, trace.num_experts, trace.top_k
+        self.domain_names, self.row_of_request = _domain_rows(trace, max_domains)
         D = len(self.domain_names)
-        self.pairs = _pairs(self.L)
+        self.anchors = _anchors(L)
+        self.pairs = _pairs(L)
+        self.domain_pairs = [p for p, pair in enumerate(self.pairs) if pair in ((0, 7), (7, 15))]
+        self.has_spec = trace.spec_scores is not None and L > 1
         self.tokens = np.zeros(D, np.int64)
-        self.load = np.zeros((D, self.L, self.E), np.int64)
-        self.trans = np.zeros((D, len(self.pairs), self.E * self.E), np.int64)
-        self.overlap_sum = np.zeros((D, self.L))
-        self.overlap_n = np.zeros(D, np.int64)
-        self.spec_sum = np.zeros((D, max(self.L - 1, 0)))
-        self.has_spec = trace.spec_scores is not None
+        self.load = _Counter(L * E)                                     # layer, expert
+        self.domain_load = _Counter(D * len(self.anchors) * E)          # row, anchor layer, expert
+        self.trans = _Counter(len(self.pairs) * E * E)                  # pair, top-1 at a, top-1 at b
+        self.domain_trans = _Counter(D * len(self.domain_pairs) * E * E)
+        self.overlap_sum, self.overlap_n = np.zeros(L), 0
+        self.domain_overlap_sum, self.domain_overlap_n = np.zeros(D), np.zeros(D, np.int64)
+        self.spec_sum, self.domain_spec_sum = np.zeros(max(L - 1, 0)), np.zeros(D)
+        width = max(2 * k, E if self.has_spec else 0)
+        self.chunk_tokens = max(1, _CHUNK_ELEMENTS // (L * width))
 
-    def add(self, trace: Trace, dom_tok: np.ndarray, pair_ok: np.ndarray, start: int, stop: int) -> None:
-        """Count tokens [start, stop) and the consecutive pairs (t, t+1) with t in [start, stop)."""
-        ext = np.asarray(trace.expert_ids[start:min(stop + 1, trace.num_tokens)]).astype(np.int64)
+    def add(self, trace: Trace, start: int, stop: int) -> None:
+        """Count tokens [start, stop) and the consecutive prompt pairs (t, t+1) with t in [start, stop)."""
+        L, E, k = self.L, self.E, self.k
+        offsets = np.asarray(trace.request_offsets)
+        T = trace.num_tokens
+        ext = np.asarray(trace.expert_ids[start:min(stop + 1, T)]).astype(np.int64)
         ids = ext[:stop - start]
-        dom = dom_tok[start:stop]
-        D, L, E, k = len(self.domain_names), self.L, self.E, self.k
-        self.tokens += np.bincount(dom, minlength=D)
-        flat = (dom[:, None, None] * L + np.arange(L)[None, :, None]) * E + ids
-        self.load += np.bincount(flat.ravel(), minlength=D * L * E).reshape(D, L, E)
-        top1 = ids[:, :, 0]
-        for p, (a, b) in enumerate(self.pairs):
-            key = dom * (E * E) + top1[:, a] * E + top1[:, b]
-            self.trans[:, p] += np.bincount(key, minlength=D * E * E).reshape(D, E * E)
-        ok = pair_ok[start:stop]  # pair_ok[t]: t and t+1 are prompt tokens of one request
+        request = np.searchsorted(offsets, np.arange(start, stop), side="right") - 1
+        row = self.row_of_request[request]
+        D = len(self.domain_names)
+        self.tokens += np.bincount(row, minlength=D)
+        self.load.add((np.arange(L)[None, :, None] * E + ids).ravel())
+        A = len(self.anchors)
+        self.domain_load.add(((row[:, None, None] * A + np.arange(A)[None, :, None]) * E
+                              + ids[:, list(self.anchors), :]).ravel())
+        if self.pairs:
+            top1 = ids[:, :, 0]
+            a, b = zip(*self.pairs)
+            self.trans.add(((np.arange(len(self.pairs))[None, :] * E + top1[:, list(a)]) * E + top1[:, list(b)]).ravel())
+            if self.domain_pairs:
+                P = len(self.domain_pairs)
+                a, b = zip(*(self.pairs[p] for p in self.domain_pairs))
+                self.domain_trans.add((((row[:, None] * P + np.arange(P)[None, :]) * E + top1[:, list(a)]) * E
+                                       + top1[:, list(b)]).ravel())
+        # prompt pairs: t and t+1 both prompt tokens of one request (t + 1 before the request's prompt end)
+        m = len(ext) - 1
+        prompt_end = offsets[request[:m]] + np.asarray(trace.prompt_lengths)[request[:m]]
+        ok = np.arange(start + 1, start + m + 1) < prompt_end
         if ok.any():
-            a, b = ext[:len(ok)][ok], ext[1:len(ok) + 1][ok]
-            shared = (a[:, :, :, None] == b[:, :, None, :]).sum(axis=(2, 3))  # [n, L]
-            d = dom[:len(ok)][ok]
-            self.overlap_n += np.bincount(d, minlength=D)
-            for layer in range(L):
-                self.overlap_sum[:, layer] += np.bincount(d, weights=shared[:, layer], minlength=D)
-        if self.has_spec and L > 1:
+            shared = _shared(ext[:m][ok], ext[1:m + 1][ok])  # [pairs, L]
+            r = row[:m][ok]
+            self.overlap_sum += shared.sum(axis=0)
+            self.overlap_n += len(r)
+            self.domain_overlap_sum += np.bincount(r, weights=shared[:, 0], minlength=D)
+            self.domain_overlap_n += np.bincount(r, minlength=D)
+        if self.has_spec:
             scores = np.asarray(trace.spec_scores[start:stop])
-            pred = np.argpartition(scores, E - k, axis=2)[:, :, -k:]          # [n, L-1, k]
-            hit = (pred[:, :, :, None] == ids[:, 1:, None, :]).sum(axis=(2, 3)) / k   # [n, L-1]
-            for layer in range(L - 1):
-                self.spec_sum[:, layer] += np.bincount(dom, weights=hit[:, layer], minlength=D)
+            predicted = np.argpartition(scores, E - k, axis=2)[:, :, -k:]    # [n, L-1, k]
+            hit = _shared(predicted, ids[:, 1:, :]) / k                       # [n, L-1]
+            self.spec_sum += hit.sum(axis=0)
+            self.domain_spec_sum += np.bincount(row, weights=hit.sum(axis=1), minlength=D)
 
 
-def _collect(trace: Trace) -> _Accumulator:
-    acc = _Accumulator(trace)
-    index = {name: i for i, name in enumerate(acc.domain_names)}
+def _collect(trace: Trace, max_domains: int) -> _Accumulator:
+    acc = _Accumulator(trace, max_domains)
     T = trace.num_tokens
-    offsets = np.asarray(trace.request_offsets)
-    lengths = np.diff(offsets)
-    dom_tok = np.repeat(np.array([index[d] for d in trace.domains], np.int64), lengths)
-    # pair_ok[t]: tokens t and t+1 are both prompt tokens of the same request
-    prompt_end = np.repeat(offsets[:-1] + np.asarray(trace.prompt_lengths), lengths)
-    pair_ok = (np.arange(T - 1) + 1) < prompt_end[:-1] if T > 1 else np.zeros(0, bool)
-    for start in range(0, T, _CHUNK):
-        acc.add(trace, dom_tok, pair_ok, start, min(start + _CHUNK, T))
+    for start in range(0, T, acc.chunk_tokens):
+        trace.check_file()
+        acc.add(trace, start, min(start + acc.chunk_tokens, T))
     return acc
 
 
-def _figures(load: np.ndarray, tokens: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer load CV and hottest share from a [L, E] load matrix."""
-    mean = load.mean(axis=1)
-    cv = np.where(mean > 0, load.std(axis=1) / np.maximum(mean, 1e-300), np.nan)
-    hottest = load.max(axis=1) / tokens if tokens else np.full(load.shape[0], np.nan)
-    return cv, hottest
-
-
-def _predictability(counts: np.ndarray, E: int) -> float:
-    m = counts.reshape(E, E)
-    total = m.sum()
-    return float(m.max(axis=1).sum() / total) if total else float("nan")
-
-
-def trace_statistics(trace: Trace | str | Path) -> dict:
+def trace_statistics(trace: Trace | str | Path, *, max_domains: int = MAX_DOMAIN_ROWS) -> dict:
     """Statistics of a trace as a dict of pandas DataFrames.
 
     * ``"layers"``: one row per layer over all tokens -- load_cv, hottest_share, overlap (prompt tokens),
@@ -123,6 +223,7 @@ def trace_statistics(trace: Trace | str | Path) -> dict:
     * ``"domains"``: one row per domain (and ``"all"``) with the calibration-style figures
       ``load_cv_L{l}``, ``hottest_share_L{l}`` (l in 0, 7, 15, or 0, L/2, L-1 for shallow models),
       ``transition_L0_L7``, ``transition_L7_L15`` (>= 16 layers), ``overlap_L0``, ``spec_accuracy``.
+      Beyond ``max_domains`` domains, those with the fewest tokens share one row, ``"(other N domains)"``.
     * ``"comparison"`` and ``"summary"`` (OLMoE-shaped traces only, 16 layers x 64 experts, top-8): each
       domain's figures beside AllenAI's real ones (:mod:`specmd_env.calibration`; unmatched domains are
       compared with the mean over AllenAI's five domains), the absolute relative error of each, and per
@@ -134,44 +235,46 @@ def trace_statistics(trace: Trace | str | Path) -> dict:
         from specmd_env.catalog import get_trace
 
         trace = get_trace(trace)
-    acc = _collect(trace)
+    max_domains = integer("max_domains", max_domains, minimum=1)
+    if trace.num_tokens == 0:
+        raise SpecMDError(f"{trace!r} has no tokens: there is nothing to measure")
+    acc = _collect(trace, max_domains)
     L, E, k = acc.L, acc.E, acc.k
+    D, A = len(acc.domain_names), len(acc.anchors)
     total_tokens = int(acc.tokens.sum())
-    load_all = acc.load.sum(axis=0)
-    cv, hottest = _figures(load_all, total_tokens, k)
-    n_pairs = acc.overlap_n.sum()
-    overlap = acc.overlap_sum.sum(axis=0) / n_pairs if n_pairs else np.full(L, np.nan)
-    trans_all = acc.trans.sum(axis=0)
+    cv, hottest = _load_figures(acc.load, L, E, np.full(L, total_tokens))
+    overlap = acc.overlap_sum / acc.overlap_n if acc.overlap_n else np.full(L, np.nan)
+    transitions = _predictability(acc.trans, len(acc.pairs), E)
     next_pred = np.full(L, np.nan)
     for p, (a, b) in enumerate(acc.pairs):
         if b == a + 1:
-            next_pred[a] = _predictability(trans_all[p], E)
+            next_pred[a] = transitions[p]
     spec = np.full(L, np.nan)
-    if acc.has_spec and L > 1:
-        spec[1:] = acc.spec_sum.sum(axis=0) / total_tokens
+    if acc.has_spec:
+        spec[1:] = acc.spec_sum / total_tokens
     layers = pd.DataFrame({"load_cv": cv, "hottest_share": hottest, "overlap": overlap,
                            "overlap_random": np.full(L, k * k / E), "transition_next": next_pred,
                            "spec_accuracy": spec}, index=pd.RangeIndex(L, name="layer"))
 
-    rows = {}
-    groups = [(name, [i]) for i, name in enumerate(acc.domain_names)] + [("all", list(range(len(acc.domain_names))))]
-    for name, members in groups:
-        tokens = int(acc.tokens[members].sum())
-        dcv, dhot = _figures(acc.load[members].sum(axis=0), tokens, k)
-        row = {"tokens": tokens}
-        for layer in _anchors(L):
-            row[f"load_cv_L{layer}"] = float(dcv[layer])
-            row[f"hottest_share_L{layer}"] = float(dhot[layer])
-        for p, (a, b) in enumerate(acc.pairs):
-            if (a, b) in ((0, 7), (7, 15)):
-                row[f"transition_L{a}_L{b}"] = _predictability(acc.trans[members, p].sum(axis=0), E)
-        n = acc.overlap_n[members].sum()
-        row["overlap_L0"] = float(acc.overlap_sum[members, 0].sum() / n) if n else float("nan")
-        if acc.has_spec and L > 1:
-            row["spec_accuracy"] = float(acc.spec_sum[members].sum() / (tokens * (L - 1))) if tokens else float("nan")
-        rows[name] = row
-    domains = pd.DataFrame.from_dict(rows, orient="index")
-    domains.index.name = "domain"
+    # per domain row, then "all" (the same figures over every token)
+    tokens = np.append(acc.tokens, total_tokens)
+    domain_cv, domain_hot = (f.reshape(D, A) for f in
+                             _load_figures(acc.domain_load, D * A, E, np.repeat(acc.tokens, A)))
+    columns: dict[str, np.ndarray] = {"tokens": tokens}
+    for i, layer in enumerate(acc.anchors):
+        columns[f"load_cv_L{layer}"] = np.append(domain_cv[:, i], cv[layer])
+        columns[f"hottest_share_L{layer}"] = np.append(domain_hot[:, i], hottest[layer])
+    if acc.domain_pairs:
+        domain_trans = _predictability(acc.domain_trans, D * len(acc.domain_pairs), E).reshape(D, -1)
+        for j, p in enumerate(acc.domain_pairs):
+            a, b = acc.pairs[p]
+            columns[f"transition_L{a}_L{b}"] = np.append(domain_trans[:, j], transitions[p])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        columns["overlap_L0"] = np.append(np.where(acc.domain_overlap_n > 0, acc.domain_overlap_sum
+                                                   / np.maximum(acc.domain_overlap_n, 1), np.nan), overlap[0])
+        if acc.has_spec:
+            columns["spec_accuracy"] = np.append(acc.domain_spec_sum, acc.spec_sum.sum()) / (tokens * (L - 1))
+    domains = pd.DataFrame(columns, index=pd.Index(acc.domain_names + ["all"], name="domain"))
     out = {"layers": layers, "domains": domains}
     if (L, E, k) == OLMOE_SHAPE:
         out.update(compare_with_allenai(domains.drop(index="all")))
@@ -255,16 +358,20 @@ def report(trace: Trace, stats: dict | None = None, *, title: str | None = None)
 def configure(parser) -> None:
     parser.add_argument("trace", help="trace file (.npz) or catalog name (see specmd_env.catalog.list_traces)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the tables as markdown to this file")
+    parser.add_argument("--max-domains", type=int, default=MAX_DOMAIN_ROWS,
+                        help="domains shown one per row; the rest are pooled into one (default %(default)s)")
 
 
 def run(args) -> int:
     from specmd_env.catalog import get_trace
+    from specmd_env.outputs import writable_file
 
+    if args.markdown:
+        writable_file(args.markdown, "--markdown")
     trace = get_trace(args.trace)
-    text = report(trace, title=f"Trace statistics: {args.trace}")
+    text = report(trace, trace_statistics(trace, max_domains=args.max_domains), title=f"Trace statistics: {args.trace}")
     print(text)
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         command = f"specmd trace-stats {args.trace} --markdown {args.markdown}"
         Path(args.markdown).write_text(f"<!-- generated by: {command} -->\n\n{text}")
     return 0

@@ -95,7 +95,7 @@ def test_dqn_eviction_and_cli_evaluate(tmp_path, capsys):
     _train(tmp_path, "dqn", EVICT, {"learning_starts": 32, "buffer_size": 1000, "train_freq": 4}, timesteps=160)
     from specmd_env.cli import main
     assert main(["evaluate", "--agent", str(tmp_path / "dqn.zip"), "lru", "--env", EVICT, "--env-kwargs",
-                 "requests_per_episode=1", "--seeds", "3", "3", "--json", str(tmp_path / "eval.json")]) == 0
+                 "requests_per_episode=1", "--seeds", "3", "4", "--json", str(tmp_path / "eval.json")]) == 0
     out = capsys.readouterr().out
     assert "dqn" in out and "lru" in out and "95% CI" in out
     assert json.loads((tmp_path / "eval.json").read_text())["summary"][0]["n"] == 2

@@ -58,7 +58,7 @@ def test_shapes_that_disagree():
         make_trace(GOOD, MODEL, spec_scores=np.zeros((3, 2, 4), np.float16))
     with pytest.raises(TraceFormatError, match=r"expert_ids has shape \(3, 2, 2\), expected \(tokens, 3, 2\)"):
         make_trace(GOOD, MODEL, meta={"num_layers": 3})
-    with pytest.raises(TraceFormatError, match="request_offsets must start at 0 and end at the token count 3"):
+    with pytest.raises(TraceFormatError, match="request_offsets must end at the token count 3, got 2"):
         make_trace(GOOD, MODEL, request_lengths=[1, 1], prompt_lengths=[1, 1])
     with pytest.raises(TraceFormatError, match=r"prompt_lengths\[1\]=3 outside \[0, 2\]"):
         make_trace(GOOD, MODEL, request_lengths=[1, 2], prompt_lengths=[1, 3])

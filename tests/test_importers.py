@@ -11,7 +11,6 @@ import pickle
 import numpy as np
 import pytest
 
-from specmd_env import load_trace
 from specmd_env.cli import main
 from specmd_env.errors import SpecMDError, TraceFormatError
 from specmd_env.importers import import_moe_cache_eval, import_sglang, import_table, import_vllm

@@ -15,7 +15,7 @@ def tiny(domains=("x",)):
     spec = np.zeros((4, 1, 4), np.float16)
     spec[:, 0, [2, 3]] = 0.5           # predicts {2, 3}: true layer-1 sets {2,3},{2,3},{2,0},{1,0}
     n = len(domains)
-    meta = {"model": "olmoe-1b-7b", "num_layers": 2, "num_experts": 4, "top_k": 2, "kind": "synthetic",
+    meta = {"model": "tiny", "num_layers": 2, "num_experts": 4, "top_k": 2, "kind": "synthetic",
             "domains": list(domains)}
     return Trace(expert_ids=np.concatenate([ids] * n), request_offsets=np.arange(n + 1, dtype=np.int64) * 4,
                  prompt_lengths=np.full(n, 3, np.int64), meta=meta, spec_scores=np.concatenate([spec] * n))
@@ -71,3 +71,28 @@ def test_calibration_reference_figures():
     assert 0.31 <= c4["hottest_share_L0"] <= 0.38
     assert 0 < c4["transition_L0_L7"] < 1 and c4["overlap_L0"] == 2.55
     assert calibration.reference_figures("mistral", "c4")["load_cv_L0"] <= 0.25
+
+
+def test_sparse_counting_equals_dense(monkeypatch):
+    """Large key spaces are counted sparsely (so memory follows the trace, not E^2 x layers x domains):
+    forcing the sparse path everywhere gives the same figures."""
+    import pandas as pd
+
+    from specmd_env import trace_stats
+    from specmd_env.catalog import get_trace
+
+    trace = get_trace("olmoe-synthetic")
+    dense = trace_statistics(trace)
+    monkeypatch.setattr(trace_stats, "_DENSE_KEYS", 0)
+    monkeypatch.setattr(trace_stats, "_CHUNK_ELEMENTS", 1 << 14)  # many chunks: merges of sparse counts
+    sparse = trace_statistics(trace)
+    for name in ("layers", "domains", "summary"):
+        pd.testing.assert_frame_equal(sparse[name], dense[name], rtol=1e-12)
+
+
+def test_domains_beyond_the_limit_share_a_row():
+    stats = trace_statistics(tiny(("a", "b", "c")), max_domains=2)
+    d = stats["domains"]
+    assert list(d.index) == ["a", "b", "(other 1 domains)", "all"]
+    assert d.loc["(other 1 domains)", "tokens"] == 4 and d.loc["all", "tokens"] == 12
+    assert d.loc["(other 1 domains)", "load_cv_L0"] == pytest.approx(d.loc["a", "load_cv_L0"])

@@ -21,7 +21,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from specmd_env.checks import integer, no_repeats
 from specmd_env.errors import SpecMDError
+from specmd_env.outputs import writable_file
 
 # (info key, column label, scale, format)
 METRICS: list[tuple[str, str, float, str]] = [
@@ -116,6 +118,11 @@ def evaluate(agent_spec, env_id: str, env_kwargs: dict | None = None, split: str
              seeds: Iterable[int] = (0, 1, 2, 3, 4), episodes: int = 1, requests_per_episode: int | None = None,
              verbose: bool = False) -> list[dict[str, Any]]:
     """Episodes of one agent: a row per (seed, episode) with every scalar metric the env reports."""
+    episodes = integer("episodes (--episodes)", episodes, minimum=1)
+    seeds = [integer("seeds (--seeds)", seed, minimum=0) for seed in seeds]
+    if not seeds:
+        raise SpecMDError("seeds (--seeds) must name at least one seed")
+    no_repeats("seeds (--seeds)", seeds)
     env = make_eval_env(env_id, env_kwargs, split, requests_per_episode)
     try:
         agent = resolve_agent(agent_spec, env)
@@ -224,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     from specmd_env.agents.train import parse_kwargs
 
     torch.set_num_threads(1)
+    if args.json:
+        writable_file(args.json, "--json")  # before the episodes, not after them
     env_kwargs = parse_kwargs(args.env_kwargs)
     rows: list[dict] = []
     for spec in args.agent:

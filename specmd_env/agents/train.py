@@ -22,6 +22,7 @@ beside it (``<model>.json``) and a learning curve (``<model>_curve.png``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -36,7 +37,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from specmd_env.checks import count, integer, shorten
 from specmd_env.errors import SpecMDError
+from specmd_env.outputs import writable_dir, writable_file
 
 HYPERPARAMS_DIR = Path(str(resources.files("specmd_env").joinpath("data", "hyperparams")))  # package data
 TRAIN_ALGOS = ("ppo", "maskable_ppo", "dqn")
@@ -126,6 +129,8 @@ _ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "elu": "ELU", "leaky_relu": "Lea
 def _policy_kwargs(raw: dict | None) -> dict:
     if not raw:
         return {}
+    if not isinstance(raw, dict):
+        raise SpecMDError(f"hyperparameter policy_kwargs must be a mapping, got {raw!r:.80}")
     import torch.nn as nn
 
     out = dict(raw)
@@ -138,12 +143,53 @@ def _policy_kwargs(raw: dict | None) -> dict:
     return out
 
 
-def _schedule(value):
+def _schedule(name: str, value):
     """rl-zoo3 'lin_3e-4' -> a linear schedule from 3e-4 to 0."""
     if isinstance(value, str) and value.startswith("lin_"):
-        start = float(value[4:])
+        try:
+            start = float(value[4:])
+        except ValueError:
+            raise SpecMDError(f"hyperparameter {name}={value!r}: a linear schedule is lin_<start>, e.g. lin_3e-4") \
+                from None
         return lambda progress_remaining: progress_remaining * start
     return value
+
+
+_SET_BY_TRAIN = ("policy", "env", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model")
+
+
+def algo_kwargs(cls, hp: dict) -> dict:
+    """The hyperparameters that go to the SB3 algorithm ``cls``, each checked by name against its
+    constructor (an unknown or misspelt one is an error naming it, not a TypeError deep inside SB3)."""
+    kwargs = {k: _schedule(k, v) for k, v in hp.items() if k not in RUN_KEYS}
+    known = set(inspect.signature(cls.__init__).parameters) - set(_SET_BY_TRAIN) - {"self", "kwargs"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise SpecMDError(f"unknown hyperparameter(s) {shorten(unknown)} for {cls.__name__} (from --hp or the "
+                          f"hyperparameter file; {', '.join(_SET_BY_TRAIN[2:5])} are set by specmd train); known: "
+                          f"{', '.join(sorted(known))}")
+    kwargs["policy_kwargs"] = _policy_kwargs(hp.get("policy_kwargs"))
+    return kwargs
+
+
+def _new_model(cls, policy, env, kwargs: dict, **fixed):
+    """``cls(policy, env, ...)``: SB3 checks hyperparameter values with asserts and TypeErrors raised from
+    its constructor; those are the user's values, so they come back as one SpecMDError naming them."""
+    try:
+        return cls(policy, env, **fixed, **kwargs)
+    except (AssertionError, TypeError, ValueError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "policy_kwargs" or v)
+        raise SpecMDError(f"{cls.__name__} refused a hyperparameter: {str(exc).strip()[:200]} (hyperparameters: "
+                          f"{shown[:300]})") from None
+
+
+def _check_device(device: str) -> None:
+    import torch
+    if device != "auto":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise SpecMDError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, auto)") from None
 
 
 def resolve_policy(name: str):
@@ -420,22 +466,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if algo not in TRAIN_ALGOS:
         raise SpecMDError(f"--algo must be one of {', '.join(TRAIN_ALGOS)}, got {cfg.algo!r}")
     cfg.algo = algo
-    torch.set_num_threads(max(1, cfg.threads))
-
+    # every setting is checked before any work: a typo must not cost a training run
+    torch.set_num_threads(integer("--threads", cfg.threads, minimum=1))
+    _check_device(cfg.device)
+    integer("--seed", cfg.seed, minimum=0)
     hp = load_hyperparams(algo, cfg.env, cfg.hyperparams)
     hp.update(cfg.hp)
-    timesteps = int(cfg.timesteps if cfg.timesteps is not None else hp.get("n_timesteps", 100_000))
-    n_envs = int(cfg.n_envs if cfg.n_envs is not None else hp.get("n_envs", 1))
+    timesteps = count("--timesteps (n_timesteps)", cfg.timesteps if cfg.timesteps is not None
+                      else hp.get("n_timesteps", 100_000), minimum=1)
+    n_envs = count("--n-envs (n_envs)", cfg.n_envs if cfg.n_envs is not None else hp.get("n_envs", 1), minimum=1)
+    checkpoint_freq = count("--checkpoint-freq", cfg.checkpoint_freq or 0)
+    eval_freq = count("--eval-freq", cfg.eval_freq or 0)
+    if cfg.keep_best and not eval_freq:
+        raise SpecMDError("--keep-best needs --eval-freq (the best is judged on the fixed training episode)")
+    if cfg.resume and not Path(cfg.resume).is_file():
+        raise SpecMDError(f"--resume: {cfg.resume} does not exist")
     env_kwargs = make_env_kwargs({**(hp.get("env_kwargs") or {}), **cfg.env_kwargs})
     if env_kwargs.get("split") == "test":
         print("specmd train: warning: training on split='test' (the held-out requests)", file=sys.stderr)
 
-    log_dir = Path(cfg.log_dir or f"runs/agents/{algo}-{cfg.env}-s{cfg.seed}")
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = writable_dir(cfg.log_dir or f"runs/agents/{algo}-{cfg.env}-s{cfg.seed}", "--log-dir")
     save = Path(cfg.save or log_dir / "model.zip")
     if save.suffix != ".zip":
         save = save.with_suffix(".zip")
-    save.parent.mkdir(parents=True, exist_ok=True)
+    writable_file(save, "--save")
     # a resumed run logs its episodes apart (Monitor would overwrite the first run's CSVs)
     monitor_dir = log_dir / ("monitor" if not cfg.resume else f"monitor-resume-{Path(cfg.resume).stem}")
 
@@ -443,48 +497,44 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     check_algo_env(algo, env.action_space)
     cls = algo_class(algo)
 
-    algo_kwargs = {k: _schedule(v) for k, v in hp.items() if k not in RUN_KEYS}
-    algo_kwargs["policy_kwargs"] = _policy_kwargs(hp.get("policy_kwargs"))
+    kwargs = algo_kwargs(cls, hp)
     from gymnasium import spaces
     policy_name = hp.get("policy") or ("MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy")
     policy = resolve_policy(policy_name)
 
     if cfg.resume:
-        if not Path(cfg.resume).is_file():
-            raise SpecMDError(f"--resume: {cfg.resume} does not exist")
         # Rebuild the network from this run's settings and load the checkpoint's weights and optimiser
         # state: SB3's cls.load would unpickle parts of the archive, which this project never does.
         from specmd_env.agents.learned import archive_timesteps, load_weights
-        model = cls(policy, env, seed=cfg.seed, device=cfg.device, tensorboard_log=str(log_dir / "tb"), verbose=0,
-                    **algo_kwargs)
+        model = _new_model(cls, policy, env, kwargs, seed=cfg.seed, device=cfg.device,
+                           tensorboard_log=str(log_dir / "tb"), verbose=0)
         load_weights(model, cfg.resume, cfg.device)
         model.num_timesteps = start = archive_timesteps(cfg.resume)
     else:
-        model = cls(policy, env, seed=cfg.seed, device=cfg.device, tensorboard_log=str(log_dir / "tb"), verbose=0,
-                    **algo_kwargs)
+        model = _new_model(cls, policy, env, kwargs, seed=cfg.seed, device=cfg.device,
+                           tensorboard_log=str(log_dir / "tb"), verbose=0)
         start = 0
 
     pretrain = None
     if hp.get("pretrain_agent") and not cfg.resume:
-        pretrain = behaviour_clone(model, cfg.env, env_kwargs, hp["pretrain_agent"], int(hp.get("pretrain_steps", 20000)),
-                                   int(hp.get("pretrain_epochs", 20)), cfg.seed)
+        pretrain = behaviour_clone(model, cfg.env, env_kwargs, hp["pretrain_agent"],
+                                   count("pretrain_steps", hp.get("pretrain_steps", 20000), minimum=1),
+                                   count("pretrain_epochs", hp.get("pretrain_epochs", 20), minimum=1), cfg.seed)
         pretrain["agent"] = hp["pretrain_agent"]
         print(f"behaviour cloning warm start from {hp['pretrain_agent']!r}: {pretrain}", file=sys.stderr)
 
     callbacks = []
     evaluator = None
     eval_csv = log_dir / "eval_fixed_train_episode.csv"
-    if cfg.eval_freq and cfg.eval_freq > 0:
+    if eval_freq:
         if not cfg.resume and eval_csv.exists():
             eval_csv.unlink()
         evaluator = FixedEpisodeEval(cfg.env, env_kwargs, cfg.eval_requests)
         best_path = log_dir / "best_on_train_episode.zip" if cfg.keep_best else None
-        eval_cb = _eval_callback(evaluator, algo, cfg.eval_freq, n_envs, eval_csv, best_path)
+        eval_cb = _eval_callback(evaluator, algo, eval_freq, n_envs, eval_csv, best_path)
         callbacks.append(eval_cb)
-    elif cfg.keep_best:
-        raise SpecMDError("--keep-best needs --eval-freq (the best is judged on the fixed training episode)")
-    if cfg.checkpoint_freq and cfg.checkpoint_freq > 0:
-        callbacks.append(CheckpointCallback(save_freq=max(cfg.checkpoint_freq // n_envs, 1),
+    if checkpoint_freq:
+        callbacks.append(CheckpointCallback(save_freq=max(checkpoint_freq // n_envs, 1),
                                             save_path=str(log_dir / "checkpoints"), name_prefix=algo))
     progress = cfg.progress_bar
     if progress:
@@ -676,5 +726,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TrainConfig", "build_vec_env", "canonical_command", "check_algo_env", "configure", "load_hyperparams",
+__all__ = ["TrainConfig", "algo_kwargs", "build_vec_env", "canonical_command", "check_algo_env", "configure", "load_hyperparams",
            "parse_kwargs", "plot_learning_curve", "read_monitor", "run", "train"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from specmd_env.importers import FORMATS, importer
+from specmd_env.outputs import writable_file
 
 
 def configure(parser) -> None:
@@ -16,4 +17,5 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    writable_file(args.out, "--out")  # before reading anything
     return int(args._import_run(args) or 0)

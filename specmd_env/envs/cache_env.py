@@ -9,7 +9,8 @@ from gymnasium import spaces
 
 from specmd_env import kernel as K
 from specmd_env.catalog import default_trace_name, get_trace
-from specmd_env.errors import SpecMDError
+from specmd_env.checks import integer_array, is_integer, shorten
+from specmd_env.errors import InvalidActionError, SpecMDError
 from specmd_env.eviction import EvictionPolicy, get_eviction
 from specmd_env.replay import Replay
 from specmd_env.reward import RewardWeights
@@ -35,8 +36,8 @@ def split_requests(trace, split: str = "all", test_domains=None) -> np.ndarray:
         domains = np.asarray(trace.domains)
         unknown = wanted - set(domains.tolist())
         if unknown:
-            raise SpecMDError(f"test_domains {sorted(unknown)} are not in the trace; its domains: "
-                              f"{sorted(set(domains.tolist()))}")
+            raise SpecMDError(f"test_domains {shorten(unknown)} are not in the trace; its domains: "
+                              f"{shorten(set(domains.tolist()))}")
         is_test = np.isin(domains, sorted(wanted))
     if split == "all":
         return np.arange(n)
@@ -79,7 +80,10 @@ class SpecMDCacheEnv(gym.Env):
 
     An invalid slot (a masked one) is not an error: the eviction falls back to ``fixed_eviction``'s
     choice among the candidates, the step's reward is reduced by ``invalid_action_penalty`` and
-    ``info["invalid_action"]`` is True. An action outside the action space raises SpecMDError.
+    ``info["invalid_action"]`` is True. An action outside the action space raises
+    :class:`specmd_env.errors.InvalidActionError` (a SpecMDError and a ``gymnasium.error.InvalidAction``),
+    and so does one of the wrong type: a slot must be an integer (``2.7``, ``"3"`` and ``True`` are refused,
+    not cast); prefetch bits may be of any numeric dtype (Stable-Baselines3 gives floats) but must be 0 or 1.
 
     ## Observation Space
 
@@ -318,7 +322,7 @@ class SpecMDCacheEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if options and options.get("requests") is not None:
-            requests = np.asarray(options["requests"], np.int64)
+            requests = integer_array("options['requests']", options["requests"], 0, self.trace.num_requests)
         elif self.requests_per_episode is None:
             requests = self.split_ids
         else:
@@ -356,25 +360,27 @@ class SpecMDCacheEnv(gym.Env):
         return self._obs.copy(), float(reward), terminated, False, info
 
     def _write_action(self, action) -> None:
+        """Copy a valid action into the step's buffer; anything outside the action space (including a
+        slot that is not an integer, or a bit that is not 0 or 1) raises InvalidActionError, uncast."""
         act = self._act
-        if self.decision == "eviction":
-            try:
-                slot = int(action)
-            except (TypeError, ValueError):
-                raise SpecMDError(f"action must be a slot index in [0, {self.capacity}), got {action!r}") from None
-            if not 0 <= slot < self.capacity:
-                raise SpecMDError(f"action {action!r} is outside the action space Discrete({self.capacity})")
-            act[0] = slot
-            return
-        a = np.asarray(action).ravel()
         E = self.num_experts
+        if self.decision == "eviction":
+            if not is_integer(action) or not 0 <= action < self.capacity:
+                raise InvalidActionError(f"action must be an integer slot in [0, {self.capacity}) "
+                                         f"(Discrete({self.capacity})), got {action!r:.60} ({type(action).__name__})")
+            act[0] = action
+            return
+        a = np.asarray(action)
         if self.decision == "prefetch":
-            if a.shape != (E,) or np.any((a != 0) & (a != 1)):
-                raise SpecMDError(f"action must be {E} bits (MultiBinary({E})), got {action!r}")
+            if a.shape != (E,) or a.dtype.kind not in "biuf" or np.any((a != 0) & (a != 1)):
+                raise InvalidActionError(f"action must be {E} bits, each 0 or 1 (MultiBinary({E})), got "
+                                         f"{a.dtype} shape {a.shape}: {shorten(a)}")
             act[1:] = a
         else:
-            if a.shape != (1 + E,) or not 0 <= a[0] < self.capacity or np.any((a[1:] != 0) & (a[1:] != 1)):
-                raise SpecMDError(f"action must be [slot in [0, {self.capacity})] + {E} bits, got {action!r}")
+            if a.shape != (1 + E,) or a.dtype.kind not in "iu" or not 0 <= a[0] < self.capacity \
+                    or np.any((a[1:] != 0) & (a[1:] != 1)):
+                raise InvalidActionError(f"action must be integers [slot in [0, {self.capacity})] + {E} bits, got "
+                                         f"{a.dtype} shape {a.shape}: {shorten(a)}")
             act[:] = a
 
     def action_masks(self) -> np.ndarray:

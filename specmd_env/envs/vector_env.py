@@ -10,7 +10,8 @@ from gymnasium.vector.utils import batch_space
 from specmd_env import kernel as K
 from specmd_env.envs import _core
 from specmd_env.envs.cache_env import SpecMDCacheEnv
-from specmd_env.errors import SpecMDError
+from specmd_env.checks import shorten
+from specmd_env.errors import InvalidActionError, SpecMDError
 
 
 class SpecMDVectorEnv(VectorEnv):
@@ -101,20 +102,22 @@ class SpecMDVectorEnv(VectorEnv):
         first = envs[0]
         N = self.num_envs
         if first.decision == "eviction":
-            if actions.shape != (N,) or not (
-                    _core.set_slots(self._act, actions, first.capacity) if actions.dtype.kind in "iu"
-                    else not (actions.min() < 0 or actions.max() >= first.capacity)):
-                raise SpecMDError(f"actions must be {N} slot indices in [0, {first.capacity}), got {actions!r}")
-            if actions.dtype.kind not in "iu":
-                self._act[:, 0] = actions
+            if actions.shape != (N,) or actions.dtype.kind not in "iu" or \
+                    not _core.set_slots(self._act, actions, first.capacity):
+                raise InvalidActionError(f"actions must be {N} integer slots in [0, {first.capacity}), got "
+                                         f"{actions.dtype} shape {actions.shape}: {shorten(actions)}")
         elif first.decision == "prefetch":
-            if actions.shape != (N, first.num_experts) or np.any((actions != 0) & (actions != 1)):
-                raise SpecMDError(f"actions must be [{N}, {first.num_experts}] bits, got shape {actions.shape}")
+            if actions.shape != (N, first.num_experts) or actions.dtype.kind not in "biuf" \
+                    or np.any((actions != 0) & (actions != 1)):
+                raise InvalidActionError(f"actions must be [{N}, {first.num_experts}] bits (0 or 1), got "
+                                         f"{actions.dtype} shape {actions.shape}")
             self._act[:, 1:] = actions
         else:
-            if actions.shape != (N, 1 + first.num_experts) or actions[:, 0].min() < 0 \
-                    or actions[:, 0].max() >= first.capacity or np.any((actions[:, 1:] != 0) & (actions[:, 1:] != 1)):
-                raise SpecMDError(f"actions must be [{N}, {1 + first.num_experts}] (slot + bits)")
+            if actions.shape != (N, 1 + first.num_experts) or actions.dtype.kind not in "iu" \
+                    or actions[:, 0].min() < 0 or actions[:, 0].max() >= first.capacity \
+                    or np.any((actions[:, 1:] != 0) & (actions[:, 1:] != 1)):
+                raise InvalidActionError(f"actions must be integers [{N}, {1 + first.num_experts}] (slot in "
+                                         f"[0, {first.capacity}) + bits), got {actions.dtype} shape {actions.shape}")
             self._act[:] = actions
         has = self._has_action
         special = self._any_special  # an env to reset (next-step autoreset) or one that needs no decision

@@ -20,30 +20,31 @@ The dumps hold no gate weights and no next-layer router scores: the trace's meta
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from specmd_env.checks import shorten
 from specmd_env.errors import SpecMDError, TraceFormatError
 from specmd_env.models import get_model
 from specmd_env.importers.base import add_common_arguments, write_trace
+from specmd_env.outputs import writable_file
+from specmd_env.safe_json import load_json
 from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace
 
 _INFER = {(8, 16): "olmoe-1b-7b", (2, 32): "mixtral-8x7b"}
 _DATASET = {"olmoe-1b-7b": "allenai/analysis_olmoe", "mixtral-8x7b": "allenai/analysis_mixtral"}
 LICENCE = "ODC-BY (AllenAI dataset; check the dataset card)"
+MAX_RECORD_BYTES = 64 << 20  # one jsonl line; upstream records (2048 tokens) are about 1 MB
 
 
 def _bad(path, line_no: int, message: str) -> TraceFormatError:
     return TraceFormatError(f"{path}: line {line_no}: {message}")
 
 
-def _parse_record(path, line_no: int, line: str, num_experts: int | None):
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise _bad(path, line_no, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+def _parse_record(path, line_no: int, line: bytes, num_experts: int | None):
+    # the arrays' structure is checked below by numpy; load_json bounds the size and catches deep nesting
+    record = load_json(line, f"{path}: line {line_no}", max_bytes=MAX_RECORD_BYTES, max_depth=None)
     if not isinstance(record, dict):
         raise _bad(path, line_no, f"expected a JSON object, got {type(record).__name__}")
     for key in ("input_ids", "exp_ids"):
@@ -54,7 +55,7 @@ def _parse_record(path, line_no: int, line: str, num_experts: int | None):
         raise _bad(path, line_no, "field 'input_ids' must be a non-empty list")
     try:
         token_ids = np.asarray(tokens, dtype=np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _bad(path, line_no, "field 'input_ids' must hold integers") from None
     if token_ids.ndim != 1 or token_ids.min() < 0 or token_ids.max() > np.iinfo(np.int32).max:
         raise _bad(path, line_no, "field 'input_ids' must be a flat list of non-negative int32 token ids")
@@ -64,7 +65,7 @@ def _parse_record(path, line_no: int, line: str, num_experts: int | None):
                                   f"entries, expected {len(tokens)} (as input_ids)")
     try:
         ids = np.asarray(record["exp_ids"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _bad(path, line_no, "field 'exp_ids' is ragged: it must be [tokens][k][layers]") from None
     if ids.ndim != 3 or ids.dtype.kind not in "iu":
         raise _bad(path, line_no, f"field 'exp_ids' must be an integer array [tokens][k][layers], "
@@ -81,8 +82,21 @@ def _parse_record(path, line_no: int, line: str, num_experts: int | None):
     if repeated.any():
         t, l, _ = np.argwhere(repeated)[0]
         raise _bad(path, line_no, f"field 'exp_ids'[{t}][*][{l}] repeats an expert within one top-k: "
-                                  f"{ids[t, l].tolist()}")
+                                  f"{shorten(ids[t, l])}")
     return token_ids.astype(np.int32), ids
+
+
+def _lines(handle, path):
+    """The file's lines, each read only up to MAX_RECORD_BYTES: a longer line is an error, not a huge read."""
+    line_no = 0
+    while True:
+        line = handle.readline(MAX_RECORD_BYTES + 1)
+        if not line:
+            return
+        line_no += 1
+        if len(line) > MAX_RECORD_BYTES:
+            raise _bad(path, line_no, f"longer than {MAX_RECORD_BYTES} bytes (a record of 2048 tokens is about 1 MB)")
+        yield line
 
 
 def import_allenai(path, *, model: str | None = None, max_records: int | None = None, decode_tail: int = 0,
@@ -104,9 +118,8 @@ def import_allenai(path, *, model: str | None = None, max_records: int | None = 
     spec = get_model(model) if model is not None else None
     expert_ids, token_ids, lengths = [], [], []
     shape = None
-    with open(path, "r", encoding="utf-8") as handle:
-        line_no = 0
-        for line_no, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(_lines(handle, path), start=1):
             if not line.strip():
                 continue
             if max_records is not None and len(lengths) >= max_records:
@@ -161,5 +174,6 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    writable_file(args.out, "--out")  # before reading anything
     return write_trace(import_allenai(args.file, model=args.model, max_records=args.max_records,
                                       decode_tail=args.decode_tail, domain=args.domain), args)

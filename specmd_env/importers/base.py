@@ -143,6 +143,7 @@ def add_common_arguments(parser, *, file_help: str) -> None:
 
 
 def write_trace(trace: Trace, args) -> int:
+    """Save an imported trace to ``args.out`` (checked writable before any work: see :func:`check_output`)."""
     path = save_trace(trace, args.out, compress=args.compress)
     decode_only = int(np.sum(np.asarray(trace.prompt_lengths) == 0))
     print(f"wrote {path}: {trace!r}" + (f"; {decode_only} decode-only request(s)" if decode_only else "")

@@ -5,7 +5,8 @@ same specs give the same rows on every backend; only the completion order differ
 is put in canonical order at the end. ``iter_results(specs)`` yields each row as soon as it is done.
 
 * ``local`` (default): ``concurrent.futures.ProcessPoolExecutor`` with ``workers`` processes
-  (``workers=1`` runs in this process, no pool).
+  (``workers=1`` runs in this process, no pool). Workers die with the sweep, even when it is killed
+  with SIGKILL (which runs no cleanup): see :func:`die_with_parent`.
 * ``ray``: ``ray.init(address=...)`` (an existing cluster) or a local Ray with ``workers`` CPUs; one
   task per run. Ray is the optional extra ``ray`` (``pip install -e ".[ray]"``). Traces given as paths
   must be readable at the same path on every Ray node; catalog traces ship with the package.
@@ -13,7 +14,12 @@ is put in canonical order at the end. ``iter_results(specs)`` yields each row as
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator
 
@@ -31,6 +37,25 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker when the process that started it dies. A SIGKILLed sweep
+    runs no cleanup, and its workers would otherwise wait on their task queue forever. Linux: the kernel
+    sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent id."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:  # pragma: no cover - not Linux
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(1)
+
+
 def iter_serial(specs: Iterable[RunSpec]) -> Iterator[dict]:
     for spec in specs:
         yield execute(spec)
@@ -43,7 +68,7 @@ def iter_process_pool(specs: list[RunSpec], workers: int) -> Iterator[dict]:
     # Keep at most a few tasks per worker in flight: a kill loses little queued work, and memory stays flat.
     window = 4 * workers
     pending = iter(specs)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         running = set()
         for spec in pending:
             running.add(pool.submit(execute, spec))

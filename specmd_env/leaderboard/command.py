@@ -29,12 +29,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from specmd_env.checks import no_repeats
 from specmd_env.errors import SpecMDError
+from specmd_env.outputs import writable_dir
 from specmd_env.reward import RewardWeights
 
 from specmd_env.leaderboard import stats
 from specmd_env.leaderboard.backends import BACKENDS, default_workers, iter_results
-from specmd_env.leaderboard.sweep import EVICTIONS, PREFETCHES, RunLog, build_grid
+from specmd_env.leaderboard.sweep import EVICTIONS, PREFETCHES, RunLog, build_grid, folder_lock, trace_label_and_ref
 
 DEFAULT_TRACES = ["olmoe-synthetic", "mixtral-synthetic"]  # qwen3-synthetic: add with --traces (its Belady runs at 25% take minutes)
 DEFAULT_CAPACITIES = [0.01, 0.05, 0.25]
@@ -55,6 +57,7 @@ def _seeds(text: str) -> list[int]:
         else:
             out.append(int(part))
     return out
+
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +142,22 @@ def _validate(args) -> None:
         raise SpecMDError("--workers must be >= 1")
     if not args.seeds:
         raise SpecMDError("--seeds needs at least one seed")
+    if min(args.seeds) < 0:
+        raise SpecMDError(f"--seeds must be >= 0, got {min(args.seeds)}")
+    if args.learned_requests < 1:
+        raise SpecMDError(f"--learned-requests must be >= 1, got {args.learned_requests}")
+    for option, values in (("--seeds", args.seeds), ("--capacities", args.capacities), ("--hardware", args.hardware),
+                           ("--evictions", args.evictions), ("--prefetches", args.prefetches)):
+        no_repeats(option, values)
+    labels: dict[str, str] = {}
+    for trace in args.traces:
+        label, ref = trace_label_and_ref(trace)
+        if label in labels:
+            same = labels[label] == ref
+            raise SpecMDError(f"--traces: {trace!r} " + ("is given twice" if same else
+                              f"and {labels[label]!r} have the same name {label!r} in the table; rename one file"))
+        labels[label] = ref
+    writable_dir(args.out, "--out")
 
 
 # -- formatting -------------------------------------------------------------------------------------
@@ -266,13 +285,13 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
 
 # -- the command --------------------------------------------------------------------------------------
 def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
-    """Run (or resume) the sweep; return the rows of this sweep's runs and notes for the report."""
-    _validate(args)
+    """Run (or resume) the sweep; return the rows of this sweep's runs and notes for the report. Called by
+    :func:`run`, which has validated ``args`` and holds the output folder."""
     notes: list[str] = []
     specs = build_grid(args.traces, args.capacities, args.hardware, args.evictions, args.prefetches, args.seeds,
                        sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
                        delay=args.run_delay)
-    from specmd_env.leaderboard.sweep import load, trace_label_and_ref
+    from specmd_env.leaderboard.sweep import load
     for trace in args.traces:
         if load(trace_label_and_ref(trace)[1]).spec_scores is None and {"topk", "score"} & set(args.prefetches):
             notes.append(f"trace {trace} has no speculative scores: topk and score prefetching left out for it")
@@ -288,7 +307,6 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
                              hardware=hardware)
         notes += [m.removeprefix("leaderboard: ") for m in messages]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     with RunLog(out / CSV_NAME) as runs:
         pending = [s for s in specs if s.run_id not in runs]
@@ -304,7 +322,7 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
                 failed.append(row["error"])
                 continue
             runs.append(row)
-        runs.finalise()
+        runs.finalise(specs)
         wanted = [s.run_id for s in specs]
         rows = [runs.rows[r] for r in wanted if r in runs.rows]
     if failed:
@@ -317,6 +335,12 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
 
 def run(args) -> int:
     start = time.perf_counter()
+    _validate(args)  # everything, the output folder included, before any work
+    with folder_lock(Path(args.out)):
+        return _run(args, start)
+
+
+def _run(args, start: float) -> int:
     df, notes = sweep(args, log=print if not args.quiet else (lambda *_: None))
     if df.empty:
         raise SpecMDError("no runs: check --traces, --evictions, --prefetches")

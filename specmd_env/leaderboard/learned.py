@@ -80,8 +80,10 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
         return []
     import gymnasium as gym
 
+    from specmd_env.leaderboard.sweep import code_version, file_fingerprint, inputs_fingerprint
     from specmd_env.models import get_model
 
+    code = code_version(learned=True)
     specs: dict[str, object] = {}
     for path in paths:
         meta = metadata(path)
@@ -115,7 +117,9 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
             label = f"{base.trace}{SUBSET_MARK}{len(requests)}"
             hand = replace(base, trace=label, requests=requests)
             specs.setdefault(hand.run_id, hand)
-            agent = replace(hand, eviction=eviction, prefetch=prefetch, agent=name, agent_path=str(path.resolve()))
+            agent = replace(hand, eviction=eviction, prefetch=prefetch, agent=name, agent_path=str(path.resolve()),
+                            agent_fingerprint=file_fingerprint(path, path.with_suffix(".json")),
+                            inputs=inputs_fingerprint(hand.model, hand.hardware, code))
             if agent.run_id not in specs:
                 specs[agent.run_id] = agent
                 added += 1
@@ -152,9 +156,10 @@ def _env_default(name: str, fallback):
 
 
 @lru_cache(maxsize=8)
-def _load(agent_path: str, env=None):
+def _load(agent_path: str, stamp):
+    """The agent, cached per process and per version of its file (``stamp``)."""
     from specmd_env.agents import load_agent
-    return load_agent(agent_path, env)
+    return load_agent(agent_path, None)
 
 
 def _result_of(env, info):
@@ -180,7 +185,8 @@ def run_agent(spec, trace):
     import torch
     torch.set_num_threads(1)  # one small network, one decision at a time: threads only add overhead
     try:
-        agent = _load(spec.agent_path, None)
+        from specmd_env.leaderboard.sweep import file_stamp
+        agent = _load(spec.agent_path, file_stamp(spec.agent_path))
         if hasattr(agent, "bind"):
             agent.bind(env)
         if hasattr(agent, "reset"):

@@ -1,8 +1,11 @@
 """The leaderboard's grid of runs, how one run executes, and the append-only, resumable results file.
 
 A *run* is one ``simulate()`` call: (trace, capacity, hardware, eviction, prefetch, seed). Its id is a
-hash of every setting that can change its numbers (including the trace's content fingerprint and the
-reward weights), so a restarted sweep skips exactly the runs already in the file.
+hash of everything its numbers depend on: the settings, the reward weights, the trace's contents, the
+model's and the hardware profile's numbers (not only their names: ``data/hardware.toml`` is meant to be
+edited), the source of the simulation code (read at run time: :func:`code_version`) and, for a learned
+agent, its files. So a restarted sweep skips exactly the runs already in the file that are still valid,
+and recomputes any run whose inputs changed; :meth:`RunLog.finalise` drops the rows they supersede.
 
 Seeds. A seed picks the replayed requests: ``sample_frac`` of the trace's requests drawn without
 replacement (kept in trace order) by ``numpy.random.default_rng([seed, n_requests])``, and it seeds the
@@ -16,17 +19,22 @@ next is recorded; a kill loses at most the line being written. On start, :func:`
 complete, well-formed rows (a torn last line is dropped, so that run is redone) and the file is
 rewritten without the torn tail. At the end, :func:`finalise` rewrites it sorted by run settings
 (atomic rename), so the same sweep always leaves a byte-identical file whatever the completion order.
-Floats are written with ``repr`` (shortest round-trip form): no precision is lost.
+Floats are written with ``repr`` (shortest round-trip form): no precision is lost. One sweep at a
+time writes a folder: :func:`folder_lock` refuses a second one (an advisory ``flock``, released by the
+kernel even when the holder is killed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -36,7 +44,14 @@ import numpy as np
 
 from specmd_env.reward import RewardWeights
 
-SCHEMA = 1  # bump when a run's meaning changes (invalidates every stored run id)
+SCHEMA = 2  # bump when a run's meaning changes (invalidates every stored run id)
+LOCK_NAME = ".leaderboard.lock"
+
+# The source files a run's numbers come from (relative to the specmd_env package). Learned-agent runs
+# also go through the environment and the agent interface.
+SIMULATION_CODE = ("kernel", "policy.py", "replay.py", "schedule.py", "simulate.py", "result.py", "reward.py",
+                   "hardware.py", "models.py", "eviction", "prefetch")
+AGENT_CODE = ("envs", "agents")
 
 EVICTIONS = ("lru", "fifo", "lfu", "random", "least-stale", "belady", "belady-bypass")
 PREFETCHES = ("none", "topk", "score", "oracle")
@@ -70,6 +85,7 @@ class RunSpec:
     trace_fingerprint: str
     model: str
     hardware: str
+    inputs: str             # fingerprint of the model's and the hardware profile's numbers and of the code
     capacity: float
     eviction: str
     prefetch: str
@@ -79,6 +95,7 @@ class RunSpec:
     weights: tuple[float, float, float]  # RewardWeights (collision, latency, miss)
     agent: str = ""         # learned agent name ("" for handcrafted policies); what it decides is labelled "learned:<name>"
     agent_path: str = ""
+    agent_fingerprint: str = ""  # the agent's files (a retrained agent is a new run)
     delay: float = 0.0      # test hook: seconds to sleep before the run (never part of the id)
 
     @property
@@ -97,11 +114,82 @@ class RunSpec:
     def sort_key(self) -> tuple:
         return (self.trace, self.capacity, self.hardware, self.eviction, self.prefetch, self.seed, self.run_id)
 
+    @property
+    def settings(self) -> tuple:
+        """What the row of this run is about (its table cell), whatever numbers produced it."""
+        return settings_of(asdict(self))
+
+
+def settings_of(row: dict) -> tuple:
+    return tuple(row[c] for c in ("trace", "model", "hardware", "capacity", "eviction", "prefetch", "seed",
+                                  "sample_frac", "agent"))
+
+
+# -- what a run depends on, besides its settings ------------------------------------------------------
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _source_files(entries) -> list[Path]:
+    root = Path(__file__).resolve().parent.parent
+    files = []
+    for entry in entries:
+        path = root / entry
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def code_version(*, learned: bool = False) -> str:
+    """A hash of the simulation code's source as it is on disk now (SIMULATION_CODE, plus AGENT_CODE for
+    learned agents): editing the kernel or a policy changes every run id, so a resume recomputes."""
+    entries = SIMULATION_CODE + (AGENT_CODE if learned else ())
+    return _digest(*(f"{p.name}\0".encode() + p.read_bytes() for p in _source_files(entries)))
+
+
+def inputs_fingerprint(model: str, hardware: str, code: str) -> str:
+    """The numbers of a model spec and of a hardware profile (as the data files say now), and the code."""
+    from specmd_env.hardware import get_profile
+    from specmd_env.models import get_model
+    return _digest(asdict(get_model(model)), asdict(get_profile(hardware)), code)
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """The bytes of some files (a learned agent's zip and metadata), read in pieces."""
+    h = hashlib.sha256()
+    for path in paths:
+        if Path(path).is_file():
+            with open(path, "rb") as fh:
+                for piece in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(piece)
+    return h.hexdigest()[:16]
+
 
 # -- traces ------------------------------------------------------------------------------------------
-@lru_cache(maxsize=16)
+def file_stamp(path) -> tuple | None:
+    """(inode, size, modification time) of a file, or None: part of cache keys, so a process that runs
+    several sweeps never reuses what it read from a file that has changed since."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _trace_file(trace_ref: str):
+    from specmd_env.catalog import TRACES, trace_path
+    return trace_path(trace_ref) if trace_ref in TRACES else trace_ref
+
+
 def load(trace_ref: str):
     """A trace by catalog name or path, cached per process (workers load each trace once)."""
+    return _load(trace_ref, file_stamp(_trace_file(trace_ref)))
+
+
+@lru_cache(maxsize=16)
+def _load(trace_ref: str, stamp):
     from specmd_env.catalog import get_trace
     return get_trace(trace_ref)
 
@@ -114,16 +202,23 @@ def trace_label_and_ref(trace: str) -> tuple[str, str]:
     return path.stem, str(path)
 
 
-@lru_cache(maxsize=16)
 def fingerprint(trace_ref: str) -> str:
-    """A content hash of the routing (experts, request layout, spec scores): the trace's identity in run ids."""
+    """A content hash of the routing (experts, request layout, spec scores, gate weights) and the model
+    name: the trace's identity in run ids. Hashed in pieces, so a memory-mapped trace is never copied whole."""
+    return _fingerprint(trace_ref, file_stamp(_trace_file(trace_ref)))
+
+
+@lru_cache(maxsize=16)
+def _fingerprint(trace_ref: str, stamp) -> str:
     t = load(trace_ref)
     h = hashlib.sha256()
     for array in (t.expert_ids, t.request_offsets, t.prompt_lengths, t.spec_scores, t.gate_weights):
         if array is not None:
-            a = np.ascontiguousarray(array)
-            h.update(str((a.dtype.str, a.shape)).encode())
-            h.update(a.tobytes())
+            h.update(str((array.dtype.str, array.shape)).encode())
+            rows = max(1, (16 << 20) // max(1, array[:1].nbytes))
+            for start in range(0, len(array), rows):
+                t.check_file()
+                h.update(np.ascontiguousarray(array[start:start + rows]))
     h.update(str(t.model).encode())
     return h.hexdigest()[:16]
 
@@ -149,6 +244,7 @@ def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sa
 
     specs = []
     w = (float(weights.collision), float(weights.latency), float(weights.miss))
+    code = code_version()
     for i, trace in enumerate(traces):
         label, ref = trace_label_and_ref(trace)
         t = load(ref)
@@ -158,12 +254,13 @@ def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sa
             requests = sample_requests(t.num_requests, int(seed), sample_frac)
             for capacity in capacities:
                 for hw in hardware:
+                    inputs = inputs_fingerprint(model, hw, code)
                     for ev in evictions:
                         for pf in prefetches:
                             if pf in ("topk", "score") and t.spec_scores is None:
                                 continue
-                            specs.append(RunSpec(label, ref, fp, model, hw, float(capacity), ev, pf, int(seed),
-                                                 float(sample_frac), requests, w, delay=delay))
+                            specs.append(RunSpec(label, ref, fp, model, hw, inputs, float(capacity), ev, pf,
+                                                 int(seed), float(sample_frac), requests, w, delay=delay))
     specs.sort(key=RunSpec.sort_key)
     return specs
 
@@ -262,12 +359,16 @@ def load_rows(path: Path) -> dict[str, dict]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # never a shared name
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -287,6 +388,28 @@ def write_rows(path: Path, rows) -> None:
     """Rewrite the file with ``rows`` in canonical (sorted) order, atomically."""
     ordered = sorted(rows, key=_sort_key)
     _atomic_write(Path(path), header() + "".join(format_row(r) for r in ordered))
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold the output folder for one sweep. A second sweep on the same folder is refused at once with a
+    SpecMDError naming the holder (its rewrites of runs.csv would lose the first one's rows); the lock is an
+    advisory flock that the kernel releases when the holder exits, even by SIGKILL."""
+    from specmd_env.errors import SpecMDError
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise SpecMDError(f"--out {str(folder)!r} is in use by another specmd leaderboard (pid {holder}); "
+                              "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 class RunLog:
@@ -315,8 +438,14 @@ class RunLog:
         if not self._fh.closed:
             self._fh.close()
 
-    def finalise(self) -> None:
+    def finalise(self, specs=()) -> None:
+        """Rewrite the file in canonical order, without the rows that ``specs`` supersede: rows for the same
+        settings whose inputs (hardware numbers, code, trace contents...) have changed since."""
         self.close()
+        current = {s.run_id for s in specs}
+        replaced = {s.settings for s in specs}
+        self.rows = {rid: row for rid, row in self.rows.items()
+                     if rid in current or settings_of(row) not in replaced}
         write_rows(self.path, self.rows.values())
 
     def __enter__(self):
