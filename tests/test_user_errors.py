@@ -97,7 +97,7 @@ def test_long_lists_are_shortened_in_messages():
 # -- the CLI: one line, exit 2 ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["simulate", "olmoe-synthetic", "--lookahead", "0"], ["lookahead must be an integer >= 1, got 0"]),
+    (["simulate", "olmoe-synthetic", "--lookahead", "0"], ["--lookahead '0': must be >= 1"]),
     (["simulate", "olmoe-synthetic", "--seed", "-1"], ["seed must be an integer >= 0"]),
     (["trace-stats", "olmoe-synthetic", "--max-domains", "0"], ["max_domains must be an integer >= 1"]),
     (["generate", "--out", "{tmp}/g.npz", "--seed", "-1"], ["seed must be an integer >= 0, got -1"]),
