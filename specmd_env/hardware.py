@@ -308,8 +308,8 @@ def _parse_profiles(raw: dict, source: str) -> dict[str, tuple[HardwareProfile, 
 
 def load_profiles(path: str | os.PathLike) -> dict[str, HardwareProfile]:
     """Every profile in one TOML file (one table per profile, fields as in ``data/hardware.toml``)."""
-    path = Path(path)
-    return {name: profile for name, (profile, _) in _parse_profiles(_read_toml(path, repr(str(path))), repr(str(path))).items()}
+    source = repr(str(path))
+    return {name: profile for name, (profile, _) in _parse_profiles(_read_toml(Path(path), source), source).items()}
 
 
 @cache

@@ -320,3 +320,15 @@ def test_capacity_slots_limits():
     with pytest.raises(SpecMDError, match="capacity must be a fraction"):
         capacity_slots(OLMOE, True)
     assert not math.isnan(capacity_slots(OLMOE, "1%"))
+
+
+def test_simulate_command_reads_hardware_files_and_capacity_strings(tmp_path, no_user_files, capsys):
+    from specmd_env.cli import main
+
+    path = write(tmp_path, "my.toml", MY_GPU)
+    assert main(["simulate", "olmoe-synthetic", "--hardware-file", str(path), "--hardware", "my-gpu",
+                 "--capacity", "51slots", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"hardware": "my-gpu"' in out and '"capacity_slots": 51' in out
+    assert main(["simulate", "olmoe-synthetic", "--capacity", "51"]) == 2
+    assert "integers are bytes" in capsys.readouterr().err
