@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     olmoe = get_model("olmoe-1b-7b")
     vllm = get_engine("vllm")
     for eta in (None, 0.9, 0.8):
-        engine = vllm if eta is None else dataclasses.replace(
-            vllm, weight_bandwidth_efficiency=eta, fitted=tuple(n for n in vllm.fitted if n != "weight_bandwidth_efficiency"))
+        fixed = tuple(n for n in vllm.fitted if n != "weight_bandwidth_efficiency")
+        engine = vllm if eta is None else dataclasses.replace(vllm, weight_bandwidth_efficiency=eta, fitted=fixed)
         fit = fit_engine(engine, figures)
         worst = max(abs(fit.error(f)) for f in fit.figures)
         layer = per_layer_decode_ms(gpu_profile("a100", 2039.0, 312.0, fit.engine), olmoe, args.context)

@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     trace = get_trace(args.trace)
     print(f"{trace!r} on {args.hardware}, capacity {args.capacity}, eviction {args.eviction}")
-    print(f"{'engine':9s} {'stall, no prefetch':>19s} {'stall, score':>13s} {'TPOT, no prefetch':>18s} {'TPOT, score':>12s}")
+    print(f"{'engine':9s} {'stall, no prefetch':>19s} {'stall, score':>13s} {'TPOT, no prefetch':>18s} "
+          f"{'TPOT, score':>12s}")
     for engine in list_engines():
         hardware = dataclasses.replace(get_profile(args.hardware), engine=engine)
         none, score = (simulate(trace, hardware=hardware, capacity=args.capacity, eviction=args.eviction,

@@ -131,8 +131,8 @@ def pass_seconds(profile: HardwareProfile, measured: MeasuredModel, num_tokens: 
         experts = active * float(profile.expert_seconds(spec, num_tokens * spec.top_k / active))
     cal = profile.calibration
     head_params = measured.vocab_size * spec.hidden_size
-    head = max(2.0 * head_params / (cal.compute_efficiency * profile.bf16_tflops * 1e12),
-               head_params * bytes_per_param / (cal.weight_bandwidth_efficiency * profile.gpu_mem_bandwidth_gbps * 1e9))
+    head = max(profile.matmul_seconds(2.0 * head_params, cal.compute_efficiency),
+               profile.read_seconds(head_params * bytes_per_param, cal.weight_bandwidth_efficiency))
     return spec.num_layers * (float(dense) + experts) + head
 
 

@@ -107,7 +107,7 @@ def get_engine(engine: str | EngineCalibration) -> EngineCalibration:
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """One GPU, its host and its expert sources. Units are in the field names (see ``data/hardware.toml``).
+    """One GPU, its host and its expert sources. Units are in the field names (``data/hardware.toml``).
 
     Only the first six fields are required; the rest default to a one-tier machine (every expert in
     pinned host memory), one copy engine, the uncorrected roofline and no CPU compute figures."""
@@ -141,7 +141,7 @@ class HardwareProfile:
         for name in ("host_expert_gib", "ssd_bandwidth_gbps"):
             if getattr(self, name) is not None:
                 _require(owner, name, getattr(self, name), positive=True)
-        if isinstance(self.copy_engines, bool) or not isinstance(self.copy_engines, int) or self.copy_engines < 1:
+        if type(self.copy_engines) is not int or self.copy_engines < 1:
             raise SpecMDError(f"{owner}: copy_engines must be an integer >= 1, got {self.copy_engines!r}")
         if self.host_expert_gib is not None and self.ssd_bandwidth_gbps is None:
             raise SpecMDError(f"{owner}: host_expert_gib limits host memory, so experts that do not fit need an "
@@ -199,20 +199,21 @@ class HardwareProfile:
 
     # -- GPU compute ------------------------------------------------------------------------------
 
-    def roofline_seconds(self, flops, nbytes):
-        """The uncorrected roofline: peak arithmetic or peak memory traffic, whichever is slower.
-        Works elementwise on numpy arrays."""
-        return np.maximum(flops / (self.bf16_tflops * 1e12), nbytes / (self.gpu_mem_bandwidth_gbps * 1e9))
+    def read_seconds(self, nbytes, efficiency: float = 1.0):
+        """Streaming ``nbytes`` from device memory at ``efficiency`` x peak bandwidth. Elementwise."""
+        return nbytes / (efficiency * self.gpu_mem_bandwidth_gbps * 1e9)
+
+    def matmul_seconds(self, flops, efficiency: float = 1.0):
+        """``flops`` of tensor-core arithmetic at ``efficiency`` x peak bf16 FLOP/s. Elementwise."""
+        return flops / (efficiency * self.bf16_tflops * 1e12)
 
     def expert_roofline(self, model: ModelSpec) -> tuple[float, float]:
         """(seconds per token, floor): one routed expert takes max(per_token x tokens, floor) -- its
         arithmetic (2 FLOPs per MAC, at the engine's share of peak) or reading its weights once (at the
         engine's share of peak bandwidth) plus the engine's per-expert cost, whichever is slower."""
         cal = self.calibration
-        per_token = 2.0 * model.expert_params / (cal.expert_compute_efficiency * self.bf16_tflops * 1e12)
-        floor = model.expert_bytes / (cal.weight_bandwidth_efficiency * self.gpu_mem_bandwidth_gbps * 1e9) \
-            + cal.expert_overhead_us * 1e-6
-        return per_token, floor
+        return (self.matmul_seconds(2.0 * model.expert_params, cal.expert_compute_efficiency),
+                self.read_seconds(model.expert_bytes, cal.weight_bandwidth_efficiency) + cal.expert_overhead_us * 1e-6)
 
     def expert_seconds(self, model: ModelSpec, num_tokens):
         """One routed expert applied to ``num_tokens`` tokens. Elementwise on arrays."""
@@ -235,9 +236,9 @@ class HardwareProfile:
             * model.num_shared_experts
         flops = 2.0 * params * num_tokens + 4.0 * attended_pairs * model.num_attention_heads * model.head_dim
         kv_bytes = 2.0 * kv_tokens * model.num_kv_heads * model.head_dim * 2
-        memory = params * dense_bytes_per_param / (cal.weight_bandwidth_efficiency * self.gpu_mem_bandwidth_gbps * 1e9) \
-            + kv_bytes / (cal.kv_bandwidth_efficiency * self.gpu_mem_bandwidth_gbps * 1e9)
-        compute = flops / (cal.compute_efficiency * self.bf16_tflops * 1e12)
+        memory = self.read_seconds(params * dense_bytes_per_param, cal.weight_bandwidth_efficiency) \
+            + self.read_seconds(kv_bytes, cal.kv_bandwidth_efficiency)
+        compute = self.matmul_seconds(flops, cal.compute_efficiency)
         overhead_us = (self.layer_overhead_us if cal.layer_overhead_us is None else cal.layer_overhead_us) \
             + cal.pass_overhead_us / model.num_layers
         if moe:
@@ -252,7 +253,7 @@ def quantized_expert_bytes(model: ModelSpec, bits: float, *, group_size: int = 1
     size 128 is the default of GPTQ and AWQ; int2 schemes (HQQ) use smaller groups -- pass them."""
     if not (isinstance(bits, numbers.Real) and 0 < bits <= 16):
         raise SpecMDError(f"bits per weight must be in (0, 16], got {bits!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+    if type(group_size) is not int or group_size < 1:
         raise SpecMDError(f"group_size must be an integer >= 1, got {group_size!r}")
     _require("quantisation", "metadata_bits_per_group", metadata_bits_per_group, positive=False)
     params = model.expert_params
@@ -261,7 +262,7 @@ def quantized_expert_bytes(model: ModelSpec, bits: float, *, group_size: int = 1
 
 # -- profile files ----------------------------------------------------------------------------------
 
-_PROFILE_FIELDS = {f.name: f for f in fields(HardwareProfile) if f.init and f.name != "name"}
+_PROFILE_FIELDS = frozenset(f.name for f in fields(HardwareProfile) if f.init and f.name != "name")
 _REQUIRED = ("description", "h2d_bandwidth_gbps", "transfer_latency_us", "gpu_mem_bandwidth_gbps", "bf16_tflops")
 _TYPES = {"description": str, "engine": str, "cpu": str, "copy_engines": int}
 
@@ -309,7 +310,8 @@ def _parse_profiles(raw: dict, source: str) -> dict[str, tuple[HardwareProfile, 
 def load_profiles(path: str | os.PathLike) -> dict[str, HardwareProfile]:
     """Every profile in one TOML file (one table per profile, fields as in ``data/hardware.toml``)."""
     source = repr(str(path))
-    return {name: profile for name, (profile, _) in _parse_profiles(_read_toml(Path(path), source), source).items()}
+    profiles = _parse_profiles(_read_toml(Path(path), source), source)
+    return {name: profile for name, (profile, _) in profiles.items()}
 
 
 @cache
