@@ -62,7 +62,7 @@ def _edited_table(loader, name: str, field: str, factor: float):
     (models, "olmoe-1b-7b", "expert_intermediate_size", 2),        # bigger experts: slower transfers
 ])
 def test_a_resume_after_a_data_file_edit_recomputes(tiny, tmp_path, monkeypatch, module, name, field, factor):
-    loader = module._profile_table if module is hardware else module._model_table
+    loader = module._package_table if module is hardware else module._model_table
     assert leaderboard.main(argv(tiny, tmp_path / "a")) == 0
     before = rows(tmp_path / "a")
     monkeypatch.setattr(module, loader.__name__, _edited_table(loader, name, field, factor))
@@ -232,5 +232,5 @@ def test_an_unusable_out_is_refused_before_any_work(tiny, tmp_path, capsys):
 def test_profile_table_loader_is_what_get_profile_reads():
     """The edit tests above patch these loaders: they must be where the data files are read."""
     table = tomllib.loads((ROOT / "specmd_env" / "data" / "hardware.toml").read_text())
-    assert hardware._profile_table() == table
+    assert hardware._package_table() == table
     assert set(models._model_table()) == set(tomllib.loads((ROOT / "specmd_env" / "data" / "models.toml").read_text()))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from specmd_env.errors import SpecMDError
+from specmd_env.hardware import use_hardware_files
 from specmd_env.simulate import simulate
 
 
@@ -41,11 +42,6 @@ def _optional_int(text: str) -> int | None:
 
 def _budget(text: str) -> str | int:
     return "engine" if text == "engine" else _int(text)
-
-
-def _capacity(text: str) -> float | int:
-    """A fraction (0.05) or a byte count (600000000), as ``simulate`` takes them."""
-    return float(text) if "." in text or "e-" in text.lower() else int(text)
 
 
 def parse_requests(text: str) -> list[int]:
@@ -86,9 +82,10 @@ def _names(module: str, attr: str) -> tuple[str, ...]:
 OPTIONS: tuple[Option, ...] = (
     Option("model", str, "model spec (default: the trace's own)", metavar="MODEL"),
     Option("hardware", str, "hardware profile name (specmd_env.list_profiles())", metavar="PROFILE"),
-    Option("capacity", _capacity, "cache size: a fraction of all routed-expert bytes (0.05) or a byte count",
-           metavar="SIZE"),
-    Option("eviction", str, "eviction policy", choices=_names("specmd_env.eviction", "POLICIES")),
+    Option("capacity", str, "cache size: a fraction of routed-expert bytes (0.05 or 5%%), a size (0.6GiB, 600MB, "
+                            "600000000B), or slots (51slots); a bare integer is bytes", metavar="SIZE"),
+    Option("eviction", str, f"eviction policy: {', '.join(_names('specmd_env.eviction', 'POLICIES'))}, with "
+                            "parameters (lru:prefetch_at=mru-end), or path/to/file.py:NAME", metavar="POLICY"),
     Option("prefetch", str, "prefetcher: none, topk, top<N>, score, oracle", metavar="PREFETCHER"),
     Option("lookahead", _positive_int, "prefetch for layer l + lookahead", metavar="N"),
     Option("batch_size", _positive_int, "requests decoding together (static batching)", metavar="N"),
@@ -114,6 +111,9 @@ def configure(parser) -> None:
         default = defaults[option.name].default
         parser.add_argument(option.flag, dest=option.name, default=None, choices=option.choices,
                             metavar=option.metavar, help=f"{option.help} (default: {default})")
+    parser.add_argument("--hardware-file", action="append", default=[], metavar="PATH",
+                        help="a TOML file of extra hardware profiles, tables as in specmd_env/data/hardware.toml "
+                             "(repeatable; also $SPECMD_HARDWARE and ~/.config/specmd/hardware.toml)")
     parser.add_argument("--json", action="store_true", help="print the settings and metrics as one JSON object")
 
 
@@ -135,6 +135,7 @@ def run(args) -> int:
     from specmd_env.catalog import get_trace
     from specmd_env.reward import RewardWeights
 
+    use_hardware_files(args.hardware_file)
     kwargs = parse_options(args)
     trace = get_trace(args.trace)
     result = simulate(trace, **kwargs)
