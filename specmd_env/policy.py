@@ -30,10 +30,10 @@ The view's fields (per slot ``s`` unless noted; ticks are a global event counter
 ``inserted[s]``       tick of its insertion
 ``uses[s]``           uses since it was inserted
 ``prefetched[s]``     1 if it was prefetched and has not been used yet
-``touch_pass[s]``     id of the forward pass of its last touch
+``touch_pass[s]``     id of the forward pass of its last touch; ``bits[s]``: precision of its copy (16 = full)
 ``ready[s]``          when its transfer arrives (s); ``busy_until[s]``: pinned until (s)
-``total_uses[o]``     per object: uses over the whole history (resident or not)
-``last_used[o]``      per object: tick of its last use (0 if never)
+``total_uses[o]``     per object: accesses over the whole history (hits and misses, cached or not)
+``last_used[o]``      per object: tick of its last access (0 if never)
 ``resident_slot[o]``  per object: its slot, or -1
 ``now``               the decision time (s); a candidate must be unpinned and arrived by then
 ``layer``             the layer computing; ``pass_id``: the forward pass; ``event``: the layer event
@@ -78,19 +78,25 @@ def hook(fn):
     return cfunc(HOOK_SIGNATURE, cache=True)(fn)
 
 
+def njit_policy(fn):
+    """Compile a helper that hooks call (numba, inlined into them, cached beside its module)."""
+    return njit(cache=True, inline="always")(fn)
+
+
 View = namedtuple("View", [
     "capacity", "num_layers", "num_experts", "num_scopes",
     "now", "layer", "pass_id", "event", "tick", "incoming", "incoming_layer", "decision", "position", "lookahead",
     "slot_object", "slot_layer", "slot_expert", "last_use", "last_touch", "inserted", "uses", "prefetched",
     "touch_pass", "ready", "busy_until", "total_uses", "last_used", "resident_slot",
-    "state_i", "state_f", "proposals", "scope_lo", "scope_hi", "log",
+    "state_i", "state_f", "other_i", "other_f", "proposals", "scope_lo", "scope_hi", "log", "bits",
     # for the functions below
     "cfg_i", "ist", "slot_i", "slot_f", "obj_i", "lists", "occ_ptr", "occ_pos", "spec", "ev_ptr", "ev_obj",
-    "ev_count"])
+    "ev_count", "ev_pass", "mass", "pass_kind", "progress"])
 
 
 @njit(cache=True, inline="always")
-def _view(tab, h_state_i, h_state_i_len, h_state_f, h_state_f_len):
+def _view(tab, h_state_i, h_state_i_len, h_state_f, h_state_f_len, h_other_i, h_other_i_len, h_other_f,
+          h_other_f_len):
     t = array_at(tab, 2 * _L.N_ARGS, np.int64)
     a_si, a_sf = t[_L.A_SI], t[_L.A_SF]
     si = array_at(a_si, t[_L.N_ARGS + _L.A_SI], np.int64)
@@ -116,23 +122,31 @@ def _view(tab, h_state_i, h_state_i_len, h_state_f, h_state_f_len):
         slot_f[_L.SL_READY], slot_f[_L.SL_FREE_AT], obj_i[_L.OB_USES], obj_i[_L.OB_LAST_USE], obj_i[_L.OB_SLOT],
         array_at(a_si + 8 * si[h_state_i], si[h_state_i_len], np.int64),
         array_at(a_sf + 8 * si[h_state_f], si[h_state_f_len], np.float64),
+        array_at(a_si + 8 * si[h_other_i], si[h_other_i_len], np.int64),
+        array_at(a_sf + 8 * si[h_other_f], si[h_other_f_len], np.float64),
         work[pf_base:], scope[_L.SC_LO], scope[_L.SC_HI], array_at(a_si + 8 * si[_L.H_LOG], si[_L.H_LOG_LEN], np.int64),
-        cfg_i, ist, slot_i, slot_f, obj_i, array2d_at(a_si + 8 * si[_L.H_LISTS], _L.N_LISTS, S, np.int64),
+        slot_i[_L.SL_BITS], cfg_i, ist, slot_i, slot_f, obj_i, array2d_at(a_si + 8 * si[_L.H_LISTS], _L.N_LISTS, S, np.int64),
         arena(tab, _L.A_OCC_PTR, np.int64), arena(tab, _L.A_OCC_POS, np.int64), arena(tab, _L.A_SPEC, np.float32),
-        arena(tab, _L.A_EV_PTR, np.int64), arena(tab, _L.A_EV_OBJ, np.int32), arena(tab, _L.A_EV_COUNT, np.int32))
+        arena(tab, _L.A_EV_PTR, np.int64), arena(tab, _L.A_EV_OBJ, np.int32), arena(tab, _L.A_EV_COUNT, np.int32),
+        arena(tab, _L.A_EV_PASS, np.int32), arena(tab, _L.A_MASS, np.float32), arena(tab, _L.A_PASS_KIND, np.int8),
+        arena(tab, _L.A_PROGRESS, np.float64))
 
 
 @njit(cache=True, inline="always")
 def cache_view(tab):
-    """The cache as the eviction policy sees it (``state_i`` / ``state_f``: the policy's own)."""
-    return _view(tab, _L.H_POL_I, _L.H_POL_I_LEN, _L.H_POL_F, _L.H_POL_F_LEN)
+    """The cache as the eviction policy sees it (``state_i`` / ``state_f``: the policy's own;
+    ``other_i`` / ``other_f``: the prefetcher's, read only)."""
+    return _view(tab, _L.H_POL_I, _L.H_POL_I_LEN, _L.H_POL_F, _L.H_POL_F_LEN, _L.H_PF_I, _L.H_PF_I_LEN, _L.H_PF_F,
+                 _L.H_PF_F_LEN)
 
 
 @njit(cache=True, inline="always")
 def prefetch_view(tab):
     """The cache as the prefetcher sees it (``state_i`` / ``state_f``: the prefetcher's own;
-    ``proposals``: where ``propose`` writes the objects to fetch, best first)."""
-    return _view(tab, _L.H_PF_I, _L.H_PF_I_LEN, _L.H_PF_F, _L.H_PF_F_LEN)
+    ``proposals``: where ``propose`` writes the objects to fetch, best first; ``other_i`` / ``other_f``:
+    the eviction policy's state, read only)."""
+    return _view(tab, _L.H_PF_I, _L.H_PF_I_LEN, _L.H_PF_F, _L.H_PF_F_LEN, _L.H_POL_I, _L.H_POL_I_LEN, _L.H_POL_F,
+                 _L.H_POL_F_LEN)
 
 
 @njit(cache=True, inline="always")
@@ -145,6 +159,43 @@ def event_at(v, i):
 @njit(cache=True, inline="always")
 def layer_of_object(v, obj):
     return obj // v.num_experts
+
+
+@njit(cache=True, inline="always")
+def is_decode(v):
+    """The pass computing now is a decode step (else a prefill)."""
+    return v.pass_kind[v.event // v.num_layers] == 1
+
+
+@njit(cache=True, inline="always")
+def pass_is_decode(v, pass_id):
+    """Whether forward pass ``pass_id`` (of the current chunk, e.g. from a logged "pass" event) decodes."""
+    return v.pass_kind[pass_id - v.ev_pass[0]] == 1
+
+
+@njit(cache=True, inline="always")
+def passes_into_request(v):
+    """Forward passes its batch group ran before the pass computing now (0 in a prefill of batch size 1:
+    with one request at a time, the index of the token being decoded, counting the prompt as one)."""
+    return v.progress[v.event // v.num_layers]
+
+
+@njit(cache=True, inline="always")
+def event_experts(v, event):
+    """(first, last): the accesses of a layer event of the current chunk, ``v.ev_obj[first:last]`` the
+    objects and ``v.ev_count`` / ``v.mass`` their tokens and gate mass. ORACLE for events after now."""
+    return v.ev_ptr[event], v.ev_ptr[event + 1]
+
+
+@njit(cache=True, inline="always")
+def predicted_scores(v, target_layer):
+    """The speculative scores for ``target_layer`` of the pass computing now, as the prefetcher sees
+    them at this layer's router (offset into ``v.spec``; -1 if the trace has none or there is no such
+    layer). Scores for layer l + d come from layer l + d - 1's recording: for d > 1 optimistic."""
+    if len(v.spec) <= 1 or not 0 < target_layer < v.num_layers:
+        return -1
+    p = v.event // v.num_layers
+    return (p * (v.num_layers - 1) + target_layer - 1) * v.num_experts
 
 
 # -- what a policy may ask about a slot ----------------------------------------------------------------------
@@ -331,7 +382,7 @@ def work_size(num_layers: int, num_experts: int) -> int:
     return _prefetch_base(num_experts) + proposal_capacity(num_layers, num_experts)
 
 
-__all__ = ["BY_INSERT", "BY_TOUCH", "BY_USE", "DEMAND", "EVENTS", "HOOK_SIGNATURE", "NEVER", "PREFETCH", "View",
+__all__ = ["njit_policy", "BY_INSERT", "BY_TOUCH", "BY_USE", "DEMAND", "EVENTS", "HOOK_SIGNATURE", "NEVER", "PREFETCH", "View",
            "hook", "is_candidate", "layer_ahead", "list_clear", "list_first_candidate", "list_push", "list_remove",
            "list_size", "list_to_tail", "next_turn", "next_use", "next_use_of", "oldest", "prefetch_view",
-           "decision_scope", "event_at", "layer_of_object", "lowest", "oldest_where", "rand_below", "scope_of", "spec_score", "cache_view"]
+           "decision_scope", "event_at", "event_experts", "is_decode", "pass_is_decode", "passes_into_request", "predicted_scores", "layer_of_object", "lowest", "oldest_where", "rand_below", "scope_of", "spec_score", "cache_view"]

@@ -119,6 +119,10 @@ class Replay:
             self.eviction_label = EXTERNAL if eviction == EXTERNAL else policy.label
             self.eviction_is_oracle = policy.is_oracle
         self.policy: EvictionPolicy | None = policy
+        needed = getattr(policy, "requires_prefetcher", None)
+        if needed is not None and self.prefetcher.name.split(":")[0] != needed:
+            raise SpecMDError(f"eviction policy {policy.name!r} reads the {needed!r} prefetcher's state: use "
+                              f"prefetch={needed!r} (or --preset {needed}), got prefetch={self.prefetch_label!r}")
         self.external_eviction = external_eviction
         self.needs_next_use = self.eviction_is_oracle or external_eviction
         self.observe = bool(observe)
@@ -194,6 +198,10 @@ class Replay:
             cfg[K.C_EVENT_MASK] = self.policy.event_mask
         cfg[K.C_PF_FN], cfg[K.C_PF_EVENT_FN] = self.prefetcher.hook_addresses
         cfg[K.C_PF_EVENT_MASK] = self.prefetcher.event_mask
+        for mask, fn, who in ((cfg[K.C_EVENT_MASK], cfg[K.C_EVENT_FN], self.eviction_label),
+                              (cfg[K.C_PF_EVENT_MASK], cfg[K.C_PF_EVENT_FN], self.prefetch_label)):
+            if mask and not fn:
+                raise SpecMDError(f"{who!r} asks for events but has no compiled on_events hook")
         cfg[K.C_ORDERS] = self.observe or (self.policy is not None and self.policy.needs_orders)
         cfg[K.C_NEXT_USE] = self.needs_next_use
         cfg[K.C_SHIFT] = int(np.log2(E)) if E & (E - 1) == 0 else -1

@@ -9,15 +9,20 @@ from __future__ import annotations
 from specmd_env.errors import SpecMDError
 from specmd_env.eviction.base import EvictionPolicy
 from specmd_env.eviction.belady import BELADY, BELADY_BYPASS
+from specmd_env.eviction.expected_next_use import EXPECTED_NEXT_USE
 from specmd_env.eviction.fifo import FIFO
+from specmd_env.eviction.hobbit import HOBBIT
+from specmd_env.eviction.layer_distance import LAYER_DISTANCE
 from specmd_env.eviction.least_stale import LEAST_STALE
 from specmd_env.eviction.lfu import LFU
 from specmd_env.eviction.lru import LRU
+from specmd_env.eviction.moe_infinity import MOE_INFINITY
 from specmd_env.eviction.random_choice import RANDOM
 from specmd_env.user_code import load_object, parse_params
 
 POLICIES: dict[str, EvictionPolicy] = {p.name: p for p in (
-    LRU, FIFO, LFU, RANDOM, LEAST_STALE, BELADY, BELADY_BYPASS)}
+    LRU, FIFO, LFU, RANDOM, LEAST_STALE, LAYER_DISTANCE, EXPECTED_NEXT_USE, HOBBIT, MOE_INFINITY, BELADY,
+    BELADY_BYPASS)}
 
 
 def get_eviction(policy):

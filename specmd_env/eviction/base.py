@@ -38,6 +38,7 @@ class EvictionPolicy:
     choices: dict = field(default_factory=dict)      # allowed values, for parameters that have a fixed set
     is_oracle: bool = False                          # reads the future (next use); always labelled so
     needs_orders: bool = False                       # reads the kernel's own slot orders (policy.oldest)
+    requires_prefetcher: str | None = None           # reads this prefetcher's state (its name)
     source: str = ""                                 # where the rule comes from
     defaults: dict | None = None                     # the parameters' defaults (set from params)
 

@@ -43,7 +43,7 @@ from specmd_env.kernel.layout import (
     S_COMPUTE, S_COPY_FREE, S_DECISION, S_ROUTER, SL_FREE_AT, SL_PREFETCHED, SL_READY)
 from specmd_env.kernel.native import call_hook
 from specmd_env.kernel.slots import (
-    any_candidate, candidate, classify_miss, earliest_free, evict, free_slot, insert, layer_of, scope_range, touch,
+    any_candidate, candidate, classify_miss, count_access, earliest_free, evict, free_slot, insert, layer_of, scope_range, touch,
     use)
 from specmd_env.kernel.state import unpack
 
@@ -85,6 +85,7 @@ def _serve_hit(cfg_i, cfg_f, ist, fst, slot_i, slot_f, obj_i, lists, met, log, t
         slot_i[SL_PREFETCHED, slot] = 0
     obj_i[OB_SEEN, obj] = 1
     use(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, EV_HIT)
+    count_access(ist, obj_i, obj)
     slot_f[SL_FREE_AT, slot] = INF
     slot_f[SL_FREE_AT, slot] = compute(cfg_f, fst, met, slot_f[SL_READY, slot], tokens)
 
@@ -182,6 +183,7 @@ def advance(tab):
                     met[M_MASS] += mass[j]
                     classify_miss(ist, obj_i, met, obj)
                     obj_i[OB_SEEN, obj] = 1
+                    count_access(ist, obj_i, obj)
                     policy_event(cfg_i, ist, log, tab, EV_MISS, -1, obj)
                     if cfg_i[C_MISS] == MISS_DROP:
                         met[M_DROPPED] += 1

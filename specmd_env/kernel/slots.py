@@ -208,8 +208,6 @@ def use(cfg_i, ist, slot_i, obj_i, lists, log, tab, s, kind):
     slot_i[SL_USE, s] = tick
     slot_i[SL_TOUCH_PASS, s] = ist[I_PASS]
     slot_i[SL_COUNT, s] += 1
-    obj_i[OB_USES, obj] += 1
-    obj_i[OB_LAST_USE, obj] = tick
     if cfg_i[C_ORDERS] == 1:
         sc = scope_of_layer(cfg_i, slot_i[SL_LAYER, s])
         _to_tail(slot_i, lists, SL_TOUCH_PREV, SL_TOUCH_NEXT, L_TOUCH_HEAD, sc, s)
@@ -257,6 +255,13 @@ def evict(cfg_i, ist, slot_i, obj_i, met, log, tab, s):
         obj_i[OB_EVICT_PASS, old] = ist[I_PASS]
         met[M_EVICTIONS] += 1
         slot_i[SL_OBJ, s] = -1
+
+
+@njit(cache=True, inline="always")
+def count_access(ist, obj_i, obj):
+    """The whole-history record of an access (hit or miss, cached or not): uses and last use."""
+    obj_i[OB_USES, obj] += 1
+    obj_i[OB_LAST_USE, obj] = ist[I_TICK]
 
 
 @njit(cache=True, inline="always")

@@ -26,7 +26,7 @@ class Prefetcher:
     is_oracle = False
     needs_spec_scores = False
     propose = None       # a compiled hook (specmd_env.policy.hook), or None for static lists only
-    on_event = None
+    on_events = None
     events: tuple[str, ...] = ()
 
     @property
@@ -49,7 +49,7 @@ class Prefetcher:
     @property
     def hook_addresses(self) -> tuple[int, int]:
         return (self.propose.address if self.propose is not None else 0,
-                self.on_event.address if self.on_event is not None else 0)
+                self.on_events.address if self.on_events is not None else 0)
 
     @property
     def event_mask(self) -> int:
@@ -61,9 +61,12 @@ class Prefetcher:
         raise NotImplementedError
 
     def candidates(self, chunk: Chunk, lookahead: int) -> tuple[np.ndarray, np.ndarray]:
-        """CSR candidate lists (pf_ptr [events+1], pf_obj) for every event of the chunk."""
+        """CSR candidate lists (pf_ptr [events+1], pf_obj) for every event of the chunk (none for a
+        prefetcher whose compiled ``propose`` hook decides at run time)."""
         n_pass, L, E = chunk.num_passes, chunk.num_layers, chunk.num_experts
         n_events = n_pass * L
+        if self.propose is not None:
+            return np.zeros(n_events + 1, np.int64), np.zeros(0, np.int32)
         take = np.zeros((n_pass, L), np.int64)
         if lookahead >= L:
             return np.zeros(n_events + 1, np.int64), np.zeros(0, np.int32)
