@@ -156,6 +156,13 @@ class HardwareProfile:
 
     # -- host -> GPU ------------------------------------------------------------------------------
 
+    @property
+    def copy_engines_for_h2d(self) -> int:
+        """Copy engines that serve host-to-GPU transfers at once: 1. GPUs report several (A100/H100: 3),
+        but the driver gives each direction its own, and concurrent host-to-GPU copies were observed
+        serialised (docs/ARCHITECTURE.md); more is a what-if (``copy_engines=``), sharing the link."""
+        return 1
+
     def transfer_seconds(self, nbytes: float) -> float:
         """One host-to-GPU copy: fixed latency plus bytes over the link bandwidth."""
         return self.transfer_latency_us * 1e-6 + nbytes / (self.h2d_bandwidth_gbps * 1e9)

@@ -29,7 +29,11 @@ from specmd_env.trace import Trace
 
 SCOPES = ("global", "per-layer")
 MODES = ("event", "per-access")
-MISS_HANDLING = ("fetch", "drop")
+MISS_HANDLERS = {"fetch": K.MISS_FETCH, "drop": K.MISS_DROP, "low-precision": K.MISS_LOWBIT,
+                 "cascade": K.MISS_CASCADE, "substitute": K.MISS_SUBSTITUTE, "cpu": K.MISS_CPU}
+MISS_HANDLING = tuple(MISS_HANDLERS)
+COPY_ENGINES = {"fifo": K.ENGINE_FIFO, "demand-first": K.ENGINE_DEMAND_FIRST, "preempt": K.ENGINE_PREEMPT}
+EVICT_AT = {"issue": K.EVICT_AT_ISSUE, "start": K.EVICT_AT_START}
 EXTERNAL = "external"
 DECISIONS = ("eviction", "prefetch")
 _NO_SCORES = np.zeros(1, np.float32)
@@ -60,6 +64,8 @@ class Replay:
                  eviction="lru", prefetch: str | Prefetcher | None = "none", lookahead: int = 1,
                  batch_size: int = 1, scope: str = "global", mode: str = "event", miss: str = "fetch",
                  prefetch_mass: float = 0.8, prefetch_max: int | None = None, prefetch_budget="engine",
+                 copy_engine: str = "demand-first", copy_engines: int | None = None, preempt_chunks: int = 3,
+                 evict_at: str = "issue", low_bits: int = 4, cascade: tuple = (0.6, 0.9),
                  seed: int = 0, requests=None, decide: tuple = (), observe: bool = False):
         if not isinstance(trace, Trace):
             raise SpecMDError(f"trace must be a specmd_env.Trace (see specmd_env.load_trace), got {type(trace).__name__}")
@@ -81,6 +87,23 @@ class Replay:
         self.scope = _choice("scope", scope, SCOPES)
         self.mode = _choice("mode", mode, MODES)
         self.miss = _choice("miss", miss, MISS_HANDLING)
+        self.copy_engine = _choice("copy_engine", copy_engine, tuple(COPY_ENGINES))
+        self.copy_engines = (self.hardware.copy_engines_for_h2d if copy_engines is None
+                             else _positive_int("copy_engines", copy_engines))
+        self.preempt_chunks = _positive_int("preempt_chunks", preempt_chunks)
+        self.evict_at = _choice("evict_at", evict_at, tuple(EVICT_AT))
+        if isinstance(low_bits, bool) or low_bits not in (2, 3, 4, 8):
+            raise SpecMDError(f"low_bits must be 2, 3, 4 or 8 (bits per weight of the low-precision copy), "
+                              f"got {low_bits!r}")
+        self.low_bits = int(low_bits)
+        if not (isinstance(cascade, (tuple, list)) and len(cascade) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cascade)
+                and 0.0 <= cascade[0] <= cascade[1] <= 1.0):
+            raise SpecMDError(f"cascade must be (T1, T2) with 0 <= T1 <= T2 <= 1 (gate-mass thresholds: full "
+                              f"precision within T1, low precision within T2, skip beyond), got {cascade!r}")
+        self.cascade = (float(cascade[0]), float(cascade[1]))
+        if self.miss == "cpu":
+            self.hardware.cpu_expert_seconds(self.model, 1)  # refuses a profile without CPU figures
         unknown = set(decide) - set(DECISIONS)
         if unknown:
             raise SpecMDError(f"decide may hold {DECISIONS}, got {sorted(unknown)}")
@@ -154,14 +177,15 @@ class Replay:
                         else (np.zeros(0, np.int64), np.zeros(0, np.float64)))
         pf_i, pf_f = self.prefetcher.new_state(C, L, E, S)
         n_obj = self.model.num_routed_experts
-        queue = C + E + 1
+        queue = C + 1  # prefetches in flight or queued: at most one per slot
         parts_i = [(K.H_CFG_I, (K.N_CFG_I,)), (K.H_IST, (K.N_IST,)), (K.H_SLOT_I, (K.N_SLOT_I, C)),
                    (K.H_OBJ_I, (K.N_OBJ_I, n_obj)), (K.H_LISTS, (K.N_LISTS, S)), (K.H_SCOPE, (K.N_SCOPE, S)),
                    (K.H_WORK, (work_size(L, E),)), (K.H_POL_I, pol_i.shape), (K.H_PF_I, pf_i.shape),
                    (K.H_QUEUE_I, (K.N_QUEUE_I, queue)), (K.H_LOG, (K.LOG_WIDTH * K.LOG_ENTRIES,))]
         parts_f = [(K.H_CFG_F, (K.N_CFG_F,)), (K.H_FST, (K.N_FST,)), (K.H_SLOT_F, (K.N_SLOT_F, C)),
                    (K.H_MET, (K.N_MET,)), (K.H_PASS_END, (self.plan.num_passes,)), (K.H_POL_F, pol_f.shape),
-                   (K.H_PF_F, pf_f.shape), (K.H_QUEUE_F, (K.N_QUEUE_F, queue))]
+                   (K.H_PF_F, pf_f.shape), (K.H_QUEUE_F, (K.N_QUEUE_F, queue)),
+                   (K.H_ENGINE, (K.N_ENGINE_F, self.copy_engines))]
         if self.observe:
             from specmd_env.envs.observation import layer_table, rank_table
             ranks, layers = rank_table(C, L, S, scopes), layer_table(L)
@@ -191,7 +215,9 @@ class Replay:
         cfg[K.C_PER_ACCESS] = self.mode == "per-access"
         cfg[K.C_LOOKAHEAD] = self.lookahead
         cfg[K.C_BUDGET] = budget
-        cfg[K.C_MISS] = K.MISS_DROP if self.miss == "drop" else K.MISS_FETCH
+        cfg[K.C_MISS] = MISS_HANDLERS[self.miss]
+        cfg[K.C_ENGINE], cfg[K.C_ENGINES] = COPY_ENGINES[self.copy_engine], self.copy_engines
+        cfg[K.C_EVICT_AT], cfg[K.C_LOW_BITS] = EVICT_AT[self.evict_at], self.low_bits
         cfg[K.C_EXT_EVICT], cfg[K.C_EXT_PREFETCH] = external_eviction, external_prefetch
         if self.policy is not None:
             cfg[K.C_VICTIM_FN], cfg[K.C_EVENT_FN] = self.policy.hook_addresses
@@ -205,8 +231,18 @@ class Replay:
         cfg[K.C_ORDERS] = self.observe or (self.policy is not None and self.policy.needs_orders)
         cfg[K.C_NEXT_USE] = self.needs_next_use
         cfg[K.C_SHIFT] = int(np.log2(E)) if E & (E - 1) == 0 else -1
-        self.cfg_f[K.F_XFER] = self.hardware.transfer_seconds(self.model.expert_bytes)
-        self.cfg_f[K.F_EXPERT_PER_TOKEN], self.cfg_f[K.F_EXPERT_MIN] = self.hardware.expert_roofline(self.model)
+        # concurrent copies share the host link: each of N engines moves at 1/N of its bandwidth
+        hw, model, f = self.hardware, self.model, self.cfg_f
+        f[K.F_XFER] = hw.transfer_latency_us * 1e-6 + (hw.transfer_seconds(model.expert_bytes)
+                                                      - hw.transfer_latency_us * 1e-6) * self.copy_engines
+        f[K.F_XFER_LOW] = hw.transfer_latency_us * 1e-6 + (hw.expert_transfer_seconds(model, bits=self.low_bits)
+                                                          - hw.transfer_latency_us * 1e-6) * self.copy_engines
+        f[K.F_CHUNK] = f[K.F_XFER] / self.preempt_chunks
+        f[K.F_EXPERT_PER_TOKEN], f[K.F_EXPERT_MIN] = hw.expert_roofline(model)
+        f[K.F_CASCADE_FULL], f[K.F_CASCADE_LOW] = self.cascade
+        if self.miss == "cpu":
+            f[K.F_CPU_MIN] = float(hw.cpu_expert_seconds(model, 0))
+            f[K.F_CPU_PER_TOKEN] = float(hw.cpu_expert_seconds(model, 1e6)) / 1e6
 
         mixed = (self.seed * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & (2**64 - 1)
         self.ist[K.I_RNG] = np.array(mixed or 1, dtype=np.uint64).view(np.int64)

@@ -40,6 +40,13 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else _positive_int(text)
 
 
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError("give two numbers, T1,T2")
+    return float(parts[0]), float(parts[1])
+
+
 def _budget(text: str) -> str | int:
     return "engine" if text == "engine" else _int(text)
 
@@ -92,12 +99,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("scope", str, "one cache for all layers, or a fixed share per layer", choices=("global", "per-layer")),
     Option("mode", str, "event: a layer's experts are pinned while it computes; per-access: generic cache replay",
            choices=("event", "per-access")),
-    Option("miss", str, "on a miss: fetch (stall) or drop the expert (counted)", choices=("fetch", "drop")),
+    Option("miss", str, "on a miss: fetch (stall), drop, low-precision, cascade, substitute or cpu (see "
+                        "simulate(); the gate mass it degrades is reported)", choices=_names("specmd_env.replay",
+                                                                                           "MISS_HANDLING")),
     Option("prefetch_mass", _fraction, "score prefetcher: the share of the score mass to cover", metavar="FRAC"),
     Option("prefetch_max", _optional_int, "score prefetcher: at most this many experts per layer ('none': no cap)",
            metavar="N|none"),
     Option("prefetch_budget", _budget, "prefetches per layer: 'engine' (what the copy engine can start before the "
                                        "target layer) or a fixed count", metavar="engine|N"),
+    Option("copy_engine", str, "order of the copy engine: fifo, demand-first (demand loads overtake queued "
+                               "prefetches), preempt (and preempt one in flight)", choices=("fifo", "demand-first",
+                                                                                            "preempt")),
+    Option("copy_engines", _optional_int, "copy engines at once, sharing the link ('none': the profile's)",
+           metavar="N|none"),
+    Option("preempt_chunks", _positive_int, "preempt: chunks per expert transfer (ProMoE: 3)", metavar="N"),
+    Option("evict_at", str, "when a victim is chosen: at the copy's issue or its start", choices=("issue", "start")),
+    Option("low_bits", _int, "bits per weight of a low-precision copy (low-precision, cascade)", metavar="BITS"),
+    Option("cascade", _pair, "cascade: gate-mass thresholds T1,T2 (full precision within T1, low within T2)",
+           metavar="T1,T2"),
     Option("seed", _int, "seed of the random policy", metavar="N"),
     Option("requests", parse_requests, "trace request indices to replay, e.g. 0,3,5-9 (default: all, in order)",
            metavar="LIST"),

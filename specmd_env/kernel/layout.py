@@ -47,23 +47,25 @@ N_CHUNK_ARGS = A_OBS  # the state arenas and the chunk: what a plain replay bind
  H_POL_I, H_POL_I_LEN, H_PF_I, H_PF_I_LEN, H_QUEUE_I,
  # offsets into sf
  H_CFG_F, H_FST, H_SLOT_F, H_MET, H_PASS_END, H_PASS_END_LEN, H_POL_F, H_POL_F_LEN, H_PF_F, H_PF_F_LEN,
- H_QUEUE_F, H_QUEUE_LEN, H_LOG, H_LOG_LEN,
+ H_QUEUE_F, H_QUEUE_LEN, H_LOG, H_LOG_LEN, H_ENGINE,
  # the current chunk's passes, and whether it carries speculative scores
  H_P0, H_P1, H_HAS_SPEC,
  # the environment's (unused by plain replays)
- H_ORACLE, H_SCORES, H_INVALID, H_RANK_TAB, H_RANK_LEN, H_LAYER_TAB, H_REWARD, N_HEADER) = range(41)
+ H_ORACLE, H_SCORES, H_INVALID, H_RANK_TAB, H_RANK_LEN, H_LAYER_TAB, H_REWARD, N_HEADER) = range(42)
 
 # -- cfg_i: integer settings ------------------------------------------------------------------------------------
 (C_CAPACITY, C_LAYERS, C_EXPERTS, C_PER_ACCESS, C_NSCOPES, C_LOOKAHEAD, C_BUDGET, C_MISS, C_EXT_EVICT,
  C_EXT_PREFETCH, C_VICTIM_FN, C_EVENT_FN, C_EVENT_MASK, C_PF_FN, C_PF_EVENT_FN, C_PF_EVENT_MASK, C_ORDERS,
- C_NEXT_USE, C_ENGINE, C_ENGINES, C_EVICT_AT, C_SHIFT, N_CFG_I) = range(23)
+ C_NEXT_USE, C_ENGINE, C_ENGINES, C_EVICT_AT, C_SHIFT, C_LOW_BITS, N_CFG_I) = range(24)
 # -- cfg_f: float settings ----------------------------------------------------------------------------------------
-(F_XFER, F_XFER_LOW, F_EXPERT_PER_TOKEN, F_EXPERT_MIN, F_CPU_PER_TOKEN, F_CPU_MIN, F_CHUNK, F_MASS_FULL,
- F_MASS_LOW, N_CFG_F) = range(10)
+# F_XFER: one full-precision transfer on one engine; F_XFER_LOW: one low-precision copy; F_CHUNK: the
+# preemption granularity; F_CASCADE_FULL / F_CASCADE_LOW: the drop cascade's thresholds T1 / T2
+(F_XFER, F_XFER_LOW, F_EXPERT_PER_TOKEN, F_EXPERT_MIN, F_CPU_PER_TOKEN, F_CPU_MIN, F_CHUNK, F_CASCADE_FULL,
+ F_CASCADE_LOW, N_CFG_F) = range(10)
 
 # -- ist: integer state ---------------------------------------------------------------------------------------------
 (I_EVENT, I_PHASE, I_INDEX, I_TICK, I_PASS, I_PASS_TICK, I_RNG, I_PENDING, I_PENDING_OBJ, I_ACTION, I_NMISS,
- I_BUDGET, I_PF_COUNT, I_PF_READY, I_POSITION, I_QUEUED, I_LOGGED, N_IST) = range(18)
+ I_BUDGET, I_PF_COUNT, I_PF_READY, I_POSITION, I_QUEUED, I_LOGGED, I_BITS, N_IST) = range(19)
 # -- fst: float state -------------------------------------------------------------------------------------------------
 S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, N_FST = range(6)
 
@@ -92,9 +94,11 @@ METRIC_NAMES = ("accesses", "hits", "misses", "compulsory_misses", "capacity_mis
  M_TOKEN_ACCESSES, M_MASS, M_MASS_DROPPED, M_MASS_SUBSTITUTED, M_MASS_LOW, M_LOW_TRANSFERS, M_SUBSTITUTED,
  M_CPU_EXPERTS, M_CPU_SECONDS, M_DEMAND_WAIT, N_MET) = range(28)
 
-# -- queue rows (copy engines: transfers that have not finished), in si (int) and sf (float) ------------------------
-Q_OBJ, Q_SLOT, Q_KIND, Q_ENGINE, N_QUEUE_I = range(5)
+# -- queue rows (prefetches issued and not yet finished, for demand-first engines), in si (int) and sf (float) ---
+Q_SLOT, Q_ENGINE, N_QUEUE_I = range(3)
 Q_START, Q_END, N_QUEUE_F = range(3)
+# -- engine rows (per copy engine, in sf): when it is free of all committed work; when its last demand ends -------
+E_FREE, E_DEMAND_END, N_ENGINE_F = range(3)
 
 # phases of a layer event
 P_START, P_MISSES, P_PREFETCH, P_END = 0, 1, 2, 3

@@ -31,16 +31,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from specmd_env.kernel.engine import compute, transfer
+from specmd_env.kernel.engine import commit_demand, compute, plan_demand, promote, transfer_prefetch
 from specmd_env.kernel.hooks import deliver_events, policy_event
 from specmd_env.kernel.layout import (
-    BAD_VICTIM, C_BUDGET, C_EXPERTS, C_EXT_EVICT, C_EXT_PREFETCH, C_LAYERS, C_LOOKAHEAD, C_MISS, C_PER_ACCESS, C_PF_FN, C_VICTIM_FN,
-    DEMAND, DONE, EV_HIT, EV_LAYER, EV_LOAD, EV_MISS, EV_PASS, F_XFER, FULL_BITS, I_ACTION, I_BUDGET, I_EVENT,
-    I_INDEX, I_NMISS, I_PASS, I_PASS_TICK, I_PENDING, I_PENDING_OBJ, I_PF_COUNT, I_PF_READY, I_PHASE,
-    I_POSITION, I_TICK, INF, M_ACCESSES, M_BYPASSED, M_DECISIONS, M_DROPPED, M_HITS, M_LATE, M_MASS,
-    M_MASS_DROPPED, M_PF_ISSUED, M_PF_SKIPPED, M_PF_USED, M_TOKEN_ACCESSES, MISS_DROP, NEED_PREFETCH,
-    NEED_VICTIM, OB_SEEN, OB_SLOT, P_END, P_MISSES, P_PREFETCH, P_START, PREFETCH, PREFETCH_CHOICE,
-    S_COMPUTE, S_COPY_FREE, S_DECISION, S_ROUTER, SL_FREE_AT, SL_PREFETCHED, SL_READY)
+    BAD_VICTIM, C_BUDGET, C_EVICT_AT, C_EXPERTS, C_EXT_EVICT, C_EXT_PREFETCH, C_LAYERS, C_LOOKAHEAD, C_LOW_BITS,
+    C_MISS, C_PER_ACCESS, C_PF_FN, C_VICTIM_FN, DEMAND, DONE, EVICT_AT_START, EV_HIT, EV_LAYER, EV_LOAD,
+    EV_MISS, EV_PASS, FULL_BITS, F_CASCADE_FULL, F_CASCADE_LOW, F_CPU_MIN, F_CPU_PER_TOKEN, F_XFER, F_XFER_LOW,
+    INF, I_ACTION, I_BITS, I_BUDGET, I_EVENT, I_INDEX, I_NMISS, I_PASS, I_PASS_TICK, I_PENDING, I_PENDING_OBJ,
+    I_PF_COUNT, I_PF_READY, I_PHASE, I_POSITION, I_TICK, MISS_CASCADE, MISS_CPU, MISS_DROP, MISS_LOWBIT,
+    MISS_SUBSTITUTE, M_ACCESSES, M_BYPASSED, M_CPU_EXPERTS, M_CPU_SECONDS, M_DECISIONS, M_DROPPED, M_HITS,
+    M_LATE, M_LOW_TRANSFERS, M_MASS, M_MASS_DROPPED, M_MASS_LOW, M_MASS_SUBSTITUTED, M_PF_ISSUED, M_PF_SKIPPED,
+    M_PF_USED, M_STALL, M_SUBSTITUTED, M_TOKEN_ACCESSES, NEED_PREFETCH, NEED_VICTIM, OB_SEEN, OB_SLOT, OB_USES,
+    PREFETCH, PREFETCH_CHOICE, P_END, P_MISSES, P_PREFETCH, P_START, SL_BITS, SL_EXPERT, SL_FREE_AT, SL_LAYER,
+    SL_OBJ, SL_PREFETCHED, SL_READY, S_COMPUTE, S_COPY_FREE, S_CPU_FREE, S_DECISION, S_ROUTER)
 from specmd_env.kernel.native import call_hook
 from specmd_env.kernel.slots import (
     any_candidate, candidate, classify_miss, count_access, earliest_free, evict, free_slot, insert, layer_of, scope_range, touch,
@@ -83,11 +86,44 @@ def _serve_hit(cfg_i, cfg_f, ist, fst, slot_i, slot_f, obj_i, lists, met, log, t
     if slot_i[SL_PREFETCHED, slot] == 1:
         met[M_PF_USED] += 1
         slot_i[SL_PREFETCHED, slot] = 0
+    if slot_i[SL_BITS, slot] < FULL_BITS:
+        met[M_MASS_LOW] += mass  # served by a low-precision copy
     obj_i[OB_SEEN, obj] = 1
     use(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, EV_HIT)
     count_access(ist, obj_i, obj)
     slot_f[SL_FREE_AT, slot] = INF
     slot_f[SL_FREE_AT, slot] = compute(cfg_f, fst, met, slot_f[SL_READY, slot], tokens)
+
+
+@njit(cache=True, inline="always")
+def mass_above(ev_ptr, mass, e, j):
+    """The share of event e's gate mass held by the accesses ranked above access j (the drop cascade's
+    cumulative score: HOBBIT's "unimportance" of an expert)."""
+    total, above = 0.0, 0.0
+    for i in range(ev_ptr[e], ev_ptr[e + 1]):
+        total += mass[i]
+        if mass[i] > mass[j] or (mass[i] == mass[j] and i < j):
+            above += mass[i]
+    return above / total if total > 0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def substitute_for(cfg_i, slot_i, slot_f, obj_i, scope, spec, ev_pass0, e, layer, router):
+    """A resident, arrived expert of ``layer`` to compute in place of a missing one: the highest
+    predicted router score for this pass (the trace's speculative scores for ``layer``; most-used when
+    there are none, e.g. at layer 0), or -1 if the layer has none resident."""
+    L, E = cfg_i[C_LAYERS], cfg_i[C_EXPERTS]
+    lo, hi = scope_range(cfg_i, scope, layer)
+    base = -1
+    if len(spec) > 1 and layer > 0:
+        base = ((e // L) * (L - 1) + layer - 1) * E
+    best, best_score = -1, -1.0
+    for s in range(lo, hi):
+        if slot_i[SL_OBJ, s] >= 0 and slot_i[SL_LAYER, s] == layer and slot_f[SL_READY, s] <= router:
+            score = spec[base + slot_i[SL_EXPERT, s]] if base >= 0 else obj_i[OB_USES, slot_i[SL_OBJ, s]]
+            if score > best_score:
+                best, best_score = s, score
+    return best
 
 
 @njit(cache=True, inline="always")
@@ -125,6 +161,7 @@ def advance(tab):
     obj_i, lists, scope, work, met, log = k.obj_i, k.lists, k.scope, k.work, k.met, k.log
     ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est = k.ev_ptr, k.ev_obj, k.ev_count, k.ev_pass, k.ev_dense, k.ev_est
     pf_ptr, pf_obj, mass, pass_ready, pass_end = k.pf_ptr, k.pf_obj, k.mass, k.pass_ready, k.pass_end
+    eng, q_i, q_f = k.eng, k.q_i, k.q_f
     status = DONE
     num_events = len(ev_ptr) - 1
     L = cfg_i[C_LAYERS]
@@ -157,7 +194,8 @@ def advance(tab):
                 elif slot_f[SL_READY, slot] <= fst[S_ROUTER]:
                     _serve_hit(cfg_i, cfg_f, ist, fst, slot_i, slot_f, obj_i, lists, met, log, tab, obj, ev_count[j],
                                mass[j])
-                else:
+                else:  # in flight: a demand-first engine moves a queued prefetch of it to the front
+                    promote(cfg_i, cfg_f, fst, met, eng, ist, q_i, q_f, slot_f, slot, fst[S_ROUTER])
                     slot_f[SL_FREE_AT, slot] = INF  # pinned until it arrives and computes
                     work[late_base + n_late] = j
                     n_late += 1
@@ -185,13 +223,45 @@ def advance(tab):
                     obj_i[OB_SEEN, obj] = 1
                     count_access(ist, obj_i, obj)
                     policy_event(cfg_i, ist, log, tab, EV_MISS, -1, obj)
-                    if cfg_i[C_MISS] == MISS_DROP:
+                    handler = cfg_i[C_MISS]
+                    bits = FULL_BITS
+                    if handler == MISS_LOWBIT:
+                        bits = cfg_i[C_LOW_BITS]
+                    elif handler == MISS_CASCADE:
+                        above = mass_above(ev_ptr, mass, e, j)
+                        if above > cfg_f[F_CASCADE_LOW]:
+                            handler = MISS_DROP
+                        elif above > cfg_f[F_CASCADE_FULL]:
+                            bits = cfg_i[C_LOW_BITS]
+                    if handler == MISS_DROP:
                         met[M_DROPPED] += 1
                         met[M_MASS_DROPPED] += mass[j]
                         ist[I_INDEX] += 1
                         continue
+                    if handler == MISS_SUBSTITUTE:
+                        sub = substitute_for(cfg_i, slot_i, slot_f, obj_i, scope, k.spec, ev_pass[0], e, layer,
+                                             fst[S_ROUTER])
+                        if sub >= 0:
+                            met[M_SUBSTITUTED] += 1
+                            met[M_MASS_SUBSTITUTED] += mass[j]
+                            use(cfg_i, ist, slot_i, obj_i, lists, log, tab, sub, EV_HIT)
+                            slot_f[SL_FREE_AT, sub] = INF
+                            slot_f[SL_FREE_AT, sub] = compute(cfg_f, fst, met, slot_f[SL_READY, sub], ev_count[j])
+                            ist[I_INDEX] += 1
+                            continue
+                    if handler == MISS_CPU:
+                        cpu = max(cfg_f[F_CPU_PER_TOKEN] * ev_count[j], cfg_f[F_CPU_MIN])
+                        if cpu < cfg_f[F_XFER]:  # faster than fetching it (Fiddler's rule)
+                            fst[S_CPU_FREE] = max(fst[S_CPU_FREE], fst[S_ROUTER]) + cpu
+                            met[M_CPU_EXPERTS] += 1
+                            met[M_CPU_SECONDS] += cpu
+                            ist[I_INDEX] += 1
+                            continue
+                    ist[I_BITS] = bits
                     slot = free_slot(slot_i, lo, hi)
                     t_decision = fst[S_ROUTER]
+                    if cfg_i[C_EVICT_AT] == EVICT_AT_START:  # the victim is chosen when the copy starts
+                        t_decision = plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t_decision)[1]
                     if slot < 0:
                         if not per_access and not any_candidate(cfg_i, slot_i, slot_f, lo, hi, t_decision):
                             t_decision = earliest_free(slot_i, slot_f, lo, hi)  # streaming
@@ -217,9 +287,17 @@ def advance(tab):
                     ist[I_PENDING] = 0
                     ist[I_ACTION] = -1
                     evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
-                ready = transfer(fst, met, t_decision, cfg_f[F_XFER])
+                bits = ist[I_BITS]
+                seconds = cfg_f[F_XFER]
+                if bits < FULL_BITS:
+                    seconds = cfg_f[F_XFER_LOW]
+                    met[M_LOW_TRANSFERS] += 1
+                    met[M_MASS_LOW] += mass[j]
+                engine, start = plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t_decision)
+                ready = commit_demand(cfg_i, fst, met, eng, ist, q_i, q_f, slot_i, slot_f, engine, t_decision,
+                                      start, seconds)
                 if slot >= 0:
-                    insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, obj, 0, FULL_BITS)
+                    insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, obj, 0, bits)
                     use(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, EV_LOAD)
                     slot_f[SL_READY, slot] = ready
                     slot_f[SL_FREE_AT, slot] = INF
@@ -229,6 +307,9 @@ def advance(tab):
                 ist[I_INDEX] += 1
             if status != DONE:
                 break
+            if fst[S_CPU_FREE] > fst[S_COMPUTE]:  # experts computed on the CPU: the layer waits for them
+                met[M_STALL] += fst[S_CPU_FREE] - fst[S_COMPUTE]
+                fst[S_COMPUTE] = fst[S_CPU_FREE]
             ist[I_INDEX] = 0
             ist[I_PF_COUNT] = 0
             ist[I_BUDGET] = prefetch_count_budget(cfg_i, cfg_f, fst, ev_dense, ev_est, e)
@@ -313,7 +394,7 @@ def advance(tab):
                     ist[I_PENDING] = 0
                     ist[I_ACTION] = -1
                     evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
-                ready = transfer(fst, met, t_issue, cfg_f[F_XFER])
+                ready = transfer_prefetch(cfg_i, ist, fst, met, eng, q_i, q_f, t_issue, cfg_f[F_XFER], slot)
                 insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, obj, 1, FULL_BITS)
                 slot_f[SL_READY, slot] = ready
                 slot_f[SL_FREE_AT, slot] = ready
