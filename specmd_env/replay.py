@@ -247,7 +247,7 @@ class Replay:
         mixed = (self.seed * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & (2**64 - 1)
         self.ist[K.I_RNG] = np.array(mixed or 1, dtype=np.uint64).view(np.int64)
         self.ist[K.I_PASS] = -1
-        self.ist[K.I_ACTION] = -1
+        self.ist[K.I_ACTION] = K.NO_ACTION
         self.slot_i[K.SL_OBJ] = -1
         self.slot_f[K.SL_FREE_AT] = -np.inf
         self.obj_i[K.OB_SLOT] = -1
@@ -291,6 +291,8 @@ class Replay:
         """Replay until a decision is due (True: see :attr:`pending_kind`) or the trace ends (False)."""
         while not self.done:
             status = K.advance(self.tab.ctypes.data)
+            if status == K.BAD_VICTIM and self.ist[K.I_ACTION] == K.NO_ACTION:
+                raise SpecMDError("the replay was advanced without an answer to the pending decision: call decide()")
             if status == K.BAD_VICTIM:
                 raise SpecMDError(
                     f"eviction policy {self.eviction_label!r} answered slot {int(self.ist[K.I_ACTION])}, which it may "
@@ -382,9 +384,13 @@ class Replay:
         return mask
 
     def decide(self, slot: int) -> None:
-        """Answer the pending decision with the slot to evict."""
+        """Answer the pending decision with the slot to evict, or -1: do not cache the expert (a demand
+        miss is then served from a staging buffer; a prefetch is skipped)."""
         if self.pending_kind not in ("demand", "prefetch"):
             raise SpecMDError(f"no eviction decision is pending (pending: {self.pending_kind})")
+        if not isinstance(slot, bool) and isinstance(slot, (int, np.integer)) and slot == -1:
+            self.ist[K.I_ACTION] = -1
+            return
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.capacity \
                 or not self.candidate_mask()[slot]:
             raise SpecMDError(f"slot {slot!r} may not be evicted now (pinned by the layer computing, in flight, "

@@ -19,6 +19,7 @@ import numpy as np
 # -- kernel status and pending decisions ---------------------------------------------------------------
 DONE, NEED_VICTIM, NEED_PREFETCH, BAD_VICTIM = 0, 1, 2, 3   # BAD_VICTIM: a policy hook returned a slot it may not evict
 DEMAND, PREFETCH, PREFETCH_CHOICE = 1, 2, 3     # what a pending decision is for (ist[I_PENDING])
+NO_ACTION = -2   # ist[I_ACTION] when no decision has been given (-1 is a decision: bypass / skip)
 
 # -- events a policy may ask to see; bit i of its mask = kind i. The kernel logs them (kind, slot, object)
 # and hands the log to the policy's ``on_events`` hook in order, before the policy is next consulted ---------
