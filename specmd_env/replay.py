@@ -27,7 +27,8 @@ from specmd_env.result import Result
 from specmd_env.schedule import PassPlan, build_chunk, plan_passes
 from specmd_env.trace import Trace
 
-SCOPES = ("global", "per-layer")
+SCOPES = ("global", "per-layer", "adapmoe")   # or a list of per-layer sizes
+GATINGS = ("none", "adaptive")
 MODES = ("event", "per-access")
 MISS_HANDLERS = {"fetch": K.MISS_FETCH, "drop": K.MISS_DROP, "low-precision": K.MISS_LOWBIT,
                  "cascade": K.MISS_CASCADE, "substitute": K.MISS_SUBSTITUTE, "cpu": K.MISS_CPU}
@@ -65,7 +66,7 @@ class Replay:
                  batch_size: int = 1, scope: str = "global", mode: str = "event", miss: str = "fetch",
                  prefetch_mass: float = 0.8, prefetch_max: int | None = None, prefetch_budget="engine",
                  copy_engine: str = "demand-first", copy_engines: int | None = None, preempt_chunks: int = 3,
-                 evict_at: str = "issue", low_bits: int = 4, cascade: tuple = (0.6, 0.9),
+                 evict_at: str = "issue", low_bits: int = 4, cascade: tuple = (0.6, 0.9), gating: str = "none",
                  seed: int = 0, requests=None, decide: tuple = (), observe: bool = False):
         if not isinstance(trace, Trace):
             raise SpecMDError(f"trace must be a specmd_env.Trace (see specmd_env.load_trace), got {type(trace).__name__}")
@@ -84,7 +85,14 @@ class Replay:
         if self.lookahead >= L:
             raise SpecMDError(f"lookahead must be below the layer count {L}, got {lookahead}")
         self.batch_size = _positive_int("batch_size", batch_size)
-        self.scope = _choice("scope", scope, SCOPES)
+        self.scope = scope if isinstance(scope, (list, tuple, np.ndarray)) else _choice("scope", scope, SCOPES)
+        self.gating = _choice("gating", gating, GATINGS)
+        self._gating_sensitivity = None
+        if self.gating == "adaptive":
+            from specmd_env.adapmoe import sensitivities
+            self._gating_sensitivity = sensitivities(self.model)
+            if trace.gate_weights is None:
+                raise SpecMDError("gating='adaptive' reads gate weights, but this trace has none")
         self.mode = _choice("mode", mode, MODES)
         self.miss = _choice("miss", miss, MISS_HANDLING)
         self.copy_engine = _choice("copy_engine", copy_engine, tuple(COPY_ENGINES))
@@ -107,9 +115,7 @@ class Replay:
         unknown = set(decide) - set(DECISIONS)
         if unknown:
             raise SpecMDError(f"decide may hold {DECISIONS}, got {sorted(unknown)}")
-        if self.scope == "per-layer" and self.capacity < L:
-            raise SpecMDError(f"scope='per-layer' needs at least one slot per layer: capacity {capacity!r} gives "
-                              f"{self.capacity} slots for {L} layers")
+        self.layer_sizes = self._layer_sizes(capacity)
         budget = -1 if prefetch_budget == "engine" else _positive_int("prefetch_budget", prefetch_budget, minimum=0)
         self.seed = _positive_int("seed", seed, minimum=0)
 
@@ -168,10 +174,35 @@ class Replay:
         self._next_chunk()
         start_replay(self.tab)
 
+    def _layer_sizes(self, capacity) -> list[int] | None:
+        """Slots per layer for a per-layer scope (None: one shared cache)."""
+        L, C = self.model.num_layers, self.capacity
+        if isinstance(self.scope, str) and self.scope == "global":
+            return None
+        if isinstance(self.scope, str) and self.scope == "per-layer":
+            if C < L:
+                raise SpecMDError(f"scope='per-layer' needs at least one slot per layer: capacity {capacity!r} "
+                                  f"gives {C} slots for {L} layers")
+            return [C // L + (layer < C % L) for layer in range(L)]  # every slot used
+        if isinstance(self.scope, str):  # adapmoe: the DP on the trace's train split
+            from specmd_env.adapmoe import layer_sizes, measured_rates
+            from specmd_env.envs.cache_env import split_requests
+            accuracy, drop_share = measured_rates(self.trace, split_requests(self.trace, "train"),
+                                                  self.gating == "adaptive")
+            if C < L:
+                raise SpecMDError(f"scope='adapmoe' needs at least one slot per layer: {C} slots for {L} layers")
+            return layer_sizes(C, self.model.num_experts, self.model.top_k, accuracy, drop_share)
+        sizes = list(self.scope)
+        if len(sizes) != L or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes) \
+                or sum(sizes) > C:
+            raise SpecMDError(f"scope as per-layer sizes must list {L} integers >= 1 summing to at most the "
+                              f"{C} slots, got {shorten(sizes)}")
+        return [int(s) for s in sizes]
+
     # -- state --------------------------------------------------------------------------------------
     def _build_state(self, budget: int, external_eviction: bool, external_prefetch: bool) -> None:
         L, E, C = self.model.num_layers, self.model.num_experts, self.capacity
-        scopes = scope_bounds(C, L, self.scope == "per-layer")
+        scopes = scope_bounds(C, L, False if self.layer_sizes is None else self.layer_sizes)
         S = scopes.shape[1]
         pol_i, pol_f = (self.policy.new_state(C, L, E, S) if self.policy is not None
                         else (np.zeros(0, np.int64), np.zeros(0, np.float64)))
@@ -272,7 +303,10 @@ class Replay:
             return False
         p0, p1 = bounds
         c = self.chunk = build_chunk(self.trace, self.plan, p0, p1, self.model, self.hardware,
-                                     with_spec=self.with_spec, with_next_use=self.needs_next_use)
+                                     with_spec=self.with_spec, with_next_use=self.needs_next_use,
+                                     gating_sensitivity=self._gating_sensitivity)
+        self.met[K.M_MASS] += c.gated_mass
+        self.met[K.M_MASS_DROPPED] += c.gated_mass
         self.pf_ptr, self.pf_obj = self.prefetcher.candidates(c, self.lookahead)
         # kept alive here while the kernel reads them through the argument table
         self._chunk_arrays = (c.ev_ptr, c.ev_obj, c.ev_count, c.ev_pass, c.ev_dense, c.ev_est, c.ev_mass,
