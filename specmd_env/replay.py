@@ -33,7 +33,8 @@ MODES = ("event", "per-access")
 MISS_HANDLERS = {"fetch": K.MISS_FETCH, "drop": K.MISS_DROP, "low-precision": K.MISS_LOWBIT,
                  "cascade": K.MISS_CASCADE, "substitute": K.MISS_SUBSTITUTE, "cpu": K.MISS_CPU}
 MISS_HANDLING = tuple(MISS_HANDLERS)
-COPY_ENGINES = {"fifo": K.ENGINE_FIFO, "demand-first": K.ENGINE_DEMAND_FIRST, "preempt": K.ENGINE_PREEMPT}
+COPY_ENGINES = {"fifo": K.ENGINE_FIFO, "demand-first": K.ENGINE_DEMAND_FIRST, "preempt": K.ENGINE_PREEMPT,
+                "separate": K.ENGINE_SEPARATE}
 EVICT_AT = {"issue": K.EVICT_AT_ISSUE, "start": K.EVICT_AT_START}
 EXTERNAL = "external"
 DECISIONS = ("eviction", "prefetch")
@@ -98,6 +99,11 @@ class Replay:
         self.copy_engine = _choice("copy_engine", copy_engine, tuple(COPY_ENGINES))
         self.copy_engines = (self.hardware.copy_engines_for_h2d if copy_engines is None
                              else _positive_int("copy_engines", copy_engines))
+        if self.copy_engine == "separate":
+            if copy_engines not in (None, 2):
+                raise SpecMDError("copy_engine='separate' has its own two channels (demand, prefetch); leave "
+                                  f"copy_engines unset, got {copy_engines!r}")
+            self.copy_engines = 2
         self.preempt_chunks = _positive_int("preempt_chunks", preempt_chunks)
         self.evict_at = _choice("evict_at", evict_at, tuple(EVICT_AT))
         if isinstance(low_bits, bool) or low_bits not in (2, 3, 4, 8):
@@ -262,12 +268,14 @@ class Replay:
         cfg[K.C_ORDERS] = self.observe or (self.policy is not None and self.policy.needs_orders)
         cfg[K.C_NEXT_USE] = self.needs_next_use
         cfg[K.C_SHIFT] = int(np.log2(E)) if E & (E - 1) == 0 else -1
-        # concurrent copies share the host link: each of N engines moves at 1/N of its bandwidth
+        # concurrent copies share the host link: each of N engines moves at 1/N of its bandwidth (the
+        # unphysical 'separate' channel excepted: each of its two runs at full bandwidth)
         hw, model, f = self.hardware, self.model, self.cfg_f
+        share = 1 if self.copy_engine == "separate" else self.copy_engines
         f[K.F_XFER] = hw.transfer_latency_us * 1e-6 + (hw.transfer_seconds(model.expert_bytes)
-                                                      - hw.transfer_latency_us * 1e-6) * self.copy_engines
+                                                      - hw.transfer_latency_us * 1e-6) * share
         f[K.F_XFER_LOW] = hw.transfer_latency_us * 1e-6 + (hw.expert_transfer_seconds(model, bits=self.low_bits)
-                                                          - hw.transfer_latency_us * 1e-6) * self.copy_engines
+                                                          - hw.transfer_latency_us * 1e-6) * share
         f[K.F_CHUNK] = f[K.F_XFER] / self.preempt_chunks
         f[K.F_EXPERT_PER_TOKEN], f[K.F_EXPERT_MIN] = hw.expert_roofline(model)
         f[K.F_CASCADE_FULL], f[K.F_CASCADE_LOW] = self.cascade

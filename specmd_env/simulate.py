@@ -32,8 +32,9 @@ def simulate(trace, *, model=None, hardware="paper-a100-5gbps", capacity=0.05, e
     host CPU when that is faster than fetching it, as Fiddler). Dropped, substituted and low-precision
     gate mass is reported (``Result.degraded_mass_fraction``): no handler drops work for free.
     copy_engine: 'fifo', 'demand-first' (default: demand loads overtake queued prefetches, as
-    MoE-Infinity's runtime) or 'preempt' (and preempt a prefetch in flight every 1/``preempt_chunks`` of
-    a transfer, as ProMoE). copy_engines: engines copying at once, sharing the link (default: the
+    MoE-Infinity's runtime), 'preempt' (and preempt a prefetch in flight every 1/``preempt_chunks`` of
+    a transfer, as ProMoE) or 'separate' (prefetches on a channel of their own at full bandwidth:
+    UNPHYSICAL for one link, a what-if). copy_engines: engines copying at once, sharing the link (default: the
     profile's, 1). evict_at: 'issue' (a victim leaves when its replacement's copy is issued) or 'start'
     (chosen when the copy starts, among the candidates then). gating: 'none' or 'adaptive' (AdapMoE's
     dropping of a decode token's second expert; the dropped gate mass is reported). scope also takes

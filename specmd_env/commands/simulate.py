@@ -123,8 +123,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefetch_budget", _budget, "prefetches per layer: 'engine' (what the copy engine can start before the "
                                        "target layer) or a fixed count", metavar="engine|N"),
     Option("copy_engine", str, "order of the copy engine: fifo, demand-first (demand loads overtake queued "
-                               "prefetches), preempt (and preempt one in flight)", choices=("fifo", "demand-first",
-                                                                                            "preempt")),
+                               "prefetches), preempt (and preempt one in flight), separate (prefetches on a channel "
+                               "of their own: unphysical)", choices=("fifo", "demand-first", "preempt", "separate")),
     Option("copy_engines", _optional_int, "copy engines at once, sharing the link ('none': the profile's)",
            metavar="N|none"),
     Option("preempt_chunks", _positive_int, "preempt: chunks per expert transfer (ProMoE: 3)", metavar="N"),

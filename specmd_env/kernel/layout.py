@@ -31,7 +31,7 @@ LOG_WIDTH = 3       # int64 items per logged event: kind, slot (or -1), object (
 # -- miss handlers (cfg_i[C_MISS]) ------------------------------------------------------------------------
 MISS_FETCH, MISS_DROP, MISS_LOWBIT, MISS_CASCADE, MISS_SUBSTITUTE, MISS_CPU = range(6)
 # -- copy engine ordering (cfg_i[C_ENGINE]) and when a victim is evicted (cfg_i[C_EVICT_AT]) ------------------
-ENGINE_FIFO, ENGINE_DEMAND_FIRST, ENGINE_PREEMPT = range(3)
+ENGINE_FIFO, ENGINE_DEMAND_FIRST, ENGINE_PREEMPT, ENGINE_SEPARATE = range(4)
 EVICT_AT_ISSUE, EVICT_AT_START = range(2)
 
 # -- argument table: the arrays' addresses, then their lengths: the two state arenas, the schedule chunk's
