@@ -115,13 +115,15 @@ def segment_cache_hits(ids: np.ndarray, num_experts: int, segment: int, cache_ra
 
 
 def segment_figures(trace, *, srp_segment: int = 16, cache_segments=(4, 16, 64), cache_ratio: float = 2.0,
-                    max_requests: int = 256) -> dict[str, float]:
+                    max_tokens: int = 1 << 17) -> dict[str, float]:
     """Model-level ``srp_m{srp_segment}`` and ``sch_m{m}`` of a trace (requests pooled, each request its own
-    sequence with a cold cache). Traces with more than ``max_requests`` requests are measured on that many,
-    evenly spaced (as the authors measure SCH on every 16th input), which bounds the time."""
+    sequence with a cold cache). A trace of more than about ``max_tokens`` tokens is measured on evenly
+    spaced requests holding about that many (as the authors measure SCH on every 16th input), which
+    bounds the time (about 70 us per OLMoE token here) and the memory (one request at a time)."""
     E = trace.num_experts
     n = trace.num_requests
-    chosen = np.unique(np.linspace(0, n - 1, min(n, max_requests)).astype(np.int64)) if n else []
+    count = min(n, max(1, int(max_tokens * n // max(trace.num_tokens, 1))))
+    chosen = np.unique(np.linspace(0, n - 1, count).astype(np.int64)) if n else []
     hist = np.zeros(srp_segment + 1, np.int64)
     hits = np.zeros(len(cache_segments), np.int64)
     demands = 0
