@@ -31,8 +31,9 @@ TRACES: dict[str, dict] = {
     "mixtral-synthetic": {
         "file": "mixtral-synthetic.npz", "model": "mixtral-8x7b", "kind": "synthetic", "default": True,
         "description": "Synthetic Mixtral-8x7B routing over AllenAI's five domains; per-expert popularity "
-                       "calibrated to AllenAI's published Mixtral counts, persistence per domain and layer to the "
-                       "Mixtral paper's consecutive-token repetition (Table 5); with spec scores (accuracy 0.9).",
+                       "calibrated to AllenAI's published Mixtral counts (layers 16-31: spread to Liang et al. "
+                       "2025), persistence per domain and layer to the Mixtral paper's consecutive-token "
+                       "repetition (Table 5); with spec scores (accuracy 0.9).",
     },
     "qwen3-synthetic": {
         "file": "qwen3-synthetic.npz", "model": "qwen3-30b-a3b", "kind": "synthetic", "default": True,
