@@ -13,6 +13,7 @@ from specmd_env.locality import (
     segment_histogram,
     srp_from_histogram,
 )
+from specmd_env.trace import Trace
 from specmd_env.trace_stats import report, trace_statistics
 
 # Jiang et al. 2024 (arXiv:2401.04088), Table 5, percent: (first choice, first or second choice) at layers 0, 15, 31
@@ -104,6 +105,21 @@ def test_mixtral_repetition_matches_table5(mixtral):
     assert domains.loc["all", "repeat_any_L15"] > 1.25 * any_random
 
 
+def test_repetition_per_domain_follows_the_row_pooling(mixtral):
+    """Beyond --max-domains, the repetition figures of the pooled row count the pooled domains' token pairs
+    together (here github and wikipedia, with equally many pairs: the mean of their rates)."""
+    full = trace_statistics(mixtral)
+    pooled = trace_statistics(mixtral, max_domains=3)
+    rows = pooled["domains"]
+    assert list(rows.index) == ["arxiv", "book", "c4", "(other 2 domains)", "all"]
+    names = [c for c in rows.columns if c.startswith("repeat_")]
+    assert len(names) == 6
+    expected = full["domains"].loc[["github", "wikipedia"], names].mean()
+    assert rows.loc["(other 2 domains)", names].to_numpy() == pytest.approx(expected.to_numpy())
+    assert rows.loc["all", names].to_numpy() == pytest.approx(full["domains"].loc["all", names].to_numpy())
+    assert pooled["summary"].loc["(other 2 domains)", "compared_with"] == "mean / mean"
+
+
 def test_mixtral_model_level_matches_liang(mixtral):
     """The activation-frequency SD (fitted through layers 16-31, which AllenAI's counts do not cover) within
     15% of 2.70; SRP(m=16) and SCH(m=4), which nothing fits for Mixtral, within 10% of Liang et al.'s."""
@@ -141,3 +157,38 @@ def test_qwen3_segment_locality_matches_liang():
     assert locality.loc["activation_freq_sd", "trace"] == pytest.approx(QWEN3_SD, rel=0.20)
     assert locality.loc["sch_m4", "trace"] == pytest.approx(QWEN3_SCH4, rel=0.10)
     assert locality.loc["srp_m16", "published"] == pytest.approx(QWEN3_SRP16)
+
+
+def test_blocks_do_not_change_the_measures(monkeypatch):
+    """segment_histogram and segment_cache_hits convert blocks of BLOCK_CELLS cells at a time (bounded
+    memory for any request); blocks of a few tokens give the same counts as one block."""
+    from specmd_env import locality
+    from specmd_env.catalog import get_trace
+
+    trace = get_trace("olmoe-synthetic")
+    ids = np.asarray(trace.expert_ids[trace.request_slice(0)])
+    whole = segment_histogram(ids, 64, 16), [segment_cache_hits(ids, 64, m, 2.0) for m in (4, 64)]
+    monkeypatch.setattr(locality, "BLOCK_CELLS", 3 * 64)      # histogram: 3 windows a block; cache: 1 token
+    blocked = segment_histogram(ids, 64, 16), [segment_cache_hits(ids, 64, m, 2.0) for m in (4, 64)]
+    assert np.array_equal(blocked[0], whole[0]) and blocked[1] == whole[1]
+
+
+def test_segment_figures_budget_samples_requests_and_cuts_long_ones():
+    """Over the token budget: evenly spaced requests (here 0, 9, 19 of 20), each cut at the budget; a
+    request too short to evict or hold a window is counted unread (every demand a hit)."""
+    from specmd_env.catalog import get_trace
+    from specmd_env.locality import segment_figures
+
+    trace = get_trace("olmoe-synthetic")                       # 20 requests, 2754 tokens, none over 167
+    assert segment_figures(trace, max_tokens=500) == pytest.approx(segment_figures(trace.select_requests([0, 9, 19])))
+    cut = trace.select_requests([0])
+    first = Trace(expert_ids=np.asarray(cut.expert_ids[:50]), request_offsets=np.array([0, 50]),
+                  prompt_lengths=np.array([min(50, int(cut.prompt_lengths[0]))]), meta=dict(cut.meta, domains=cut.domains))
+    assert segment_figures(trace, max_tokens=50) == pytest.approx(segment_figures(first))
+    pairs = trace.select_requests(range(20))
+    short = Trace(expert_ids=np.asarray(pairs.expert_ids[:40]), request_offsets=np.arange(0, 41, 2),
+                  prompt_lengths=np.ones(20, np.int64), meta=dict(pairs.meta, domains=pairs.domains))
+    figures = segment_figures(short)                           # 2 tokens x 16 layers x 8 <= 2 x 8 x 16 slots
+    assert figures["sch_m4"] == figures["sch_m64"] == 1.0 and np.isnan(figures["srp_m16"])
+    assert sum(segment_cache_hits(np.asarray(short.expert_ids[short.request_slice(r)]), 64, 4, 2.0)[0]
+               for r in range(20)) == 40 * 16 * 8
