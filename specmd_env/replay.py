@@ -315,10 +315,9 @@ class Replay:
                                      gating_sensitivity=self._gating_sensitivity)
         self.met[K.M_MASS] += c.gated_mass
         self.met[K.M_MASS_DROPPED] += c.gated_mass
-        self.pf_ptr, self.pf_obj = self.prefetcher.candidates(c, self.lookahead)
         # kept alive here while the kernel reads them through the argument table
         self._chunk_arrays = (c.ev_ptr, c.ev_obj, c.ev_count, c.ev_pass, c.ev_dense, c.ev_est, c.ev_mass,
-                              self.pf_ptr, self.pf_obj, c.occ_ptr, c.occ_pos,
+                              c.occ_ptr, c.occ_pos,
                               _NO_SCORES if c.spec is None else c.spec.reshape(-1),
                               self.plan.pass_kind[p0:p1], self._progress[p0:p1], self._pass_ready[p0:p1])
         self.si[K.H_P0], self.si[K.H_P1] = p0, p1

@@ -35,12 +35,12 @@ ENGINE_FIFO, ENGINE_DEMAND_FIRST, ENGINE_PREEMPT, ENGINE_SEPARATE = range(4)
 EVICT_AT_ISSUE, EVICT_AT_START = range(2)
 
 # -- argument table: the arrays' addresses, then their lengths: the two state arenas, the schedule chunk's
-# arrays (specmd_env.schedule.Chunk, the prefetcher's lists), the environment's output buffers -----------------
-(A_SI, A_SF, A_EV_PTR, A_EV_OBJ, A_EV_COUNT, A_EV_PASS, A_EV_DENSE, A_EV_EST, A_MASS, A_PF_PTR, A_PF_OBJ,
- A_OCC_PTR, A_OCC_POS, A_SPEC, A_PASS_KIND, A_PROGRESS, A_PASS_READY, A_OBS, A_MASK, A_ACT, A_ORC, N_ARGS) = range(22)
+# arrays (specmd_env.schedule.Chunk), the environment's output buffers -----------------
+(A_SI, A_SF, A_EV_PTR, A_EV_OBJ, A_EV_COUNT, A_EV_PASS, A_EV_DENSE, A_EV_EST, A_MASS, A_OCC_PTR, A_OCC_POS,
+ A_SPEC, A_PASS_KIND, A_PROGRESS, A_PASS_READY, A_OBS, A_MASK, A_ACT, A_ORC, N_ARGS) = range(20)
 ARG_DTYPES = (np.int64, np.float64, np.int64, np.int32, np.int32, np.int32, np.float64, np.float64, np.float32,
-              np.int64, np.int32, np.int64, np.int64, np.float32, np.int8, np.float64, np.float64, np.float32,
-              np.bool_, np.int64, np.int64)
+              np.int64, np.int64, np.float32, np.int8, np.float64, np.float64, np.float32, np.bool_, np.int64,
+              np.int64)
 N_CHUNK_ARGS = A_OBS  # the state arenas and the chunk: what a plain replay binds
 
 # -- si header ------------------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def advance(tab):
     cfg_i, cfg_f, ist, fst, slot_i, slot_f = k.cfg_i, k.cfg_f, k.ist, k.fst, k.slot_i, k.slot_f
     obj_i, lists, scope, work, met, log = k.obj_i, k.lists, k.scope, k.work, k.met, k.log
     ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est = k.ev_ptr, k.ev_obj, k.ev_count, k.ev_pass, k.ev_dense, k.ev_est
-    pf_ptr, pf_obj, mass, pass_ready, pass_end = k.pf_ptr, k.pf_obj, k.mass, k.pass_ready, k.pass_end
+    mass, pass_ready, pass_end = k.mass, k.pass_ready, k.pass_end
     eng, q_i, q_f = k.eng, k.q_i, k.q_f
     status = DONE
     num_events = len(ev_ptr) - 1
@@ -323,8 +323,8 @@ def advance(tab):
             ist[I_PHASE] = P_PREFETCH
         if ist[I_PHASE] == P_PREFETCH:
             external_pf = cfg_i[C_EXT_PREFETCH] == 1
-            from_work = external_pf or cfg_i[C_PF_FN] != 0
-            if from_work:
+            end = 0
+            if external_pf or cfg_i[C_PF_FN] != 0:
                 if ist[I_PF_READY] == 0:
                     if external_pf:
                         if layer + cfg_i[C_LOOKAHEAD] >= L:
@@ -338,15 +338,13 @@ def advance(tab):
                         ist[I_PF_COUNT] = call_hook(cfg_i[C_PF_FN], tab, e, 0)
                         ist[I_PF_READY] = 1
                 end = ist[I_PF_COUNT]
-            else:
-                end = pf_ptr[e + 1] - pf_ptr[e]
             t_issue = fst[S_ROUTER]
             fixed = cfg_i[C_BUDGET] >= 0
             last_target = -1
             t_target = 0.0
             while ist[I_INDEX] < end:
                 i = ist[I_INDEX]
-                obj = work[pf_base + i] if from_work else pf_obj[pf_ptr[e] + i]
+                obj = work[pf_base + i]
                 target_layer = layer_of(cfg_i, obj)
                 if ist[I_PENDING] == 0:
                     slot = obj_i[OB_SLOT, obj]
