@@ -238,19 +238,27 @@ class HardwareProfile:
                            dense_bytes_per_param: float = 2.0):
         """:meth:`dense_seconds` with two knobs the calibration needs: ``moe=False`` times a dense model's
         layer (no router, no expert scan) and ``dense_bytes_per_param`` times int8 attention weights."""
+        overhead, per_token, per_pair, memory, per_kv = self.dense_coefficients(
+            model, moe=moe, dense_bytes_per_param=dense_bytes_per_param)
+        return overhead + np.maximum(per_token * np.asarray(num_tokens, np.float64) + per_pair * attended_pairs,
+                                     memory + per_kv * np.asarray(kv_tokens, np.float64))
+
+    def dense_coefficients(self, model: ModelSpec, *, moe: bool = True, dense_bytes_per_param: float = 2.0):
+        """The dense-time model's constants, ``overhead + max(per_token n + per_pair a, memory + per_kv kv)``
+        for n tokens, a attended (query, key) pairs and kv keys read: the one formula, which compiled
+        schedulers evaluate too."""
         cal = self.calibration
         params = model.attention_params_per_layer + 3 * model.hidden_size * model.shared_intermediate_size \
             * model.num_shared_experts
-        flops = 2.0 * params * num_tokens + 4.0 * attended_pairs * model.num_attention_heads * model.head_dim
-        kv_bytes = 2.0 * kv_tokens * model.num_kv_heads * model.head_dim * 2
-        memory = self.read_seconds(params * dense_bytes_per_param, cal.weight_bandwidth_efficiency) \
-            + self.read_seconds(kv_bytes, cal.kv_bandwidth_efficiency)
-        compute = self.matmul_seconds(flops, cal.compute_efficiency)
+        per_token = self.matmul_seconds(2.0 * params, cal.compute_efficiency)
+        per_pair = self.matmul_seconds(4.0 * model.num_attention_heads * model.head_dim, cal.compute_efficiency)
+        memory = self.read_seconds(params * dense_bytes_per_param, cal.weight_bandwidth_efficiency)
+        per_kv = self.read_seconds(2.0 * model.num_kv_heads * model.head_dim * 2, cal.kv_bandwidth_efficiency)
         overhead_us = (self.layer_overhead_us if cal.layer_overhead_us is None else cal.layer_overhead_us) \
             + cal.pass_overhead_us / model.num_layers
         if moe:
             overhead_us += cal.moe_overhead_us + cal.expert_scan_us * model.num_experts
-        return overhead_us * 1e-6 + np.maximum(compute, memory)
+        return overhead_us * 1e-6, per_token, per_pair, memory, per_kv
 
 
 def quantized_expert_bytes(model: ModelSpec, bits: float, *, group_size: int = 128,

@@ -24,10 +24,13 @@ from specmd_env.models import ModelSpec, get_model
 from specmd_env.policy import work_size
 from specmd_env.prefetch import Prefetcher, get_prefetcher
 from specmd_env.result import Result
-from specmd_env.schedule import PassPlan, build_chunk, plan_passes
+from specmd_env.schedule import PassPlan, StaticSchedule, build_chunk
+from specmd_env.serving import ContinuousSchedule
+from specmd_env.serving import arrival_times as arrival_times_of
 from specmd_env.trace import Trace
 
 SCOPES = ("global", "per-layer", "adapmoe")   # or a list of per-layer sizes
+SCHEDULERS = ("static", "continuous")
 GATINGS = ("none", "adaptive")
 MODES = ("event", "per-access")
 MISS_HANDLERS = {"fetch": K.MISS_FETCH, "drop": K.MISS_DROP, "low-precision": K.MISS_LOWBIT,
@@ -68,6 +71,8 @@ class Replay:
                  prefetch_mass: float = 0.8, prefetch_max: int | None = None, prefetch_budget="engine",
                  copy_engine: str = "demand-first", copy_engines: int | None = None, preempt_chunks: int = 3,
                  evict_at: str = "issue", low_bits: int = 4, cascade: tuple = (0.6, 0.9), gating: str = "none",
+                 scheduler: str = "static", arrival_rate: float | None = None, arrival_times=None,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, host_policy: str = "lru",
                  seed: int = 0, requests=None, decide: tuple = (), observe: bool = False):
         if not isinstance(trace, Trace):
             raise SpecMDError(f"trace must be a specmd_env.Trace (see specmd_env.load_trace), got {type(trace).__name__}")
@@ -118,6 +123,12 @@ class Replay:
         self.cascade = (float(cascade[0]), float(cascade[1]))
         if self.miss == "cpu":
             self.hardware.cpu_expert_seconds(self.model, 1)  # refuses a profile without CPU figures
+        self.host_policy = _choice("host_policy", host_policy, ("lru", "fifo"))
+        host = self.hardware.host_expert_slots(self.model)
+        self.host_slots = host if self.hardware.has_ssd_tier and host < self.model.num_routed_experts else 0
+        if self.hardware.has_ssd_tier and host < 1:
+            raise SpecMDError(f"hardware profile {self.hardware.name!r}: host memory ({self.hardware.host_expert_gib} "
+                              f"GiB) holds no expert of {self.model.name!r}")
         unknown = set(decide) - set(DECISIONS)
         if unknown:
             raise SpecMDError(f"decide may hold {DECISIONS}, got {sorted(unknown)}")
@@ -170,14 +181,31 @@ class Replay:
                                   f"got {requests!r:.120}")
 
         trace.check_file()
-        self.plan: PassPlan = plan_passes(trace, self.batch_size, requests)
-        self._progress = self.plan.passes_since_group_start()
-        self._pass_ready = np.zeros(self.plan.num_passes)  # the earliest time each pass may start
+        self.scheduler = _choice("scheduler", scheduler, SCHEDULERS)
+        replayed = np.arange(trace.num_requests) if requests is None else np.asarray(requests, np.int64)
+        arrivals = arrival_times_of(len(replayed), rate=arrival_rate, times=arrival_times, seed=self.seed)
+        self.arrivals = arrivals
+        if self.scheduler == "static":
+            self.schedule = StaticSchedule(trace, self.batch_size, requests,
+                                           None if arrival_rate is None and arrival_times is None else arrivals)
+            self.plan: PassPlan | None = self.schedule.plan
+        else:
+            if self.eviction_is_oracle:
+                raise SpecMDError(f"eviction={self.eviction_label!r} reads the future of the schedule, which continuous "
+                                  "batching decides as it runs: use scheduler='static' for oracles")
+            seqs = _positive_int("max_num_seqs", max_num_seqs)
+            tokens = _positive_int("max_num_batched_tokens", max_num_batched_tokens)
+            if tokens < seqs:
+                raise SpecMDError(f"max_num_batched_tokens ({tokens}) must be at least max_num_seqs ({seqs}): every "
+                                  "running sequence needs a token per step")
+            self.schedule = ContinuousSchedule(trace, replayed, arrivals, self.model, self.hardware, max_num_seqs=seqs,
+                                               max_num_batched_tokens=tokens, with_spec=self.with_spec)
+            self.plan = None
         self._build_state(budget, external_eviction, external_prefetch)
-        self._chunks = self.plan.chunks()
         self.chunk = None
-        self.done = self.plan.num_passes == 0
-        self._next_chunk()
+        self.done = self.schedule.num_passes == 0 or len(replayed) == 0
+        if not self.done:
+            self._next_chunk()
         start_replay(self.tab)
 
     def _layer_sizes(self, capacity) -> list[int] | None:
@@ -220,7 +248,7 @@ class Replay:
                    (K.H_WORK, (work_size(L, E),)), (K.H_POL_I, pol_i.shape), (K.H_PF_I, pf_i.shape),
                    (K.H_QUEUE_I, (K.N_QUEUE_I, queue)), (K.H_LOG, (K.LOG_WIDTH * K.LOG_ENTRIES,))]
         parts_f = [(K.H_CFG_F, (K.N_CFG_F,)), (K.H_FST, (K.N_FST,)), (K.H_SLOT_F, (K.N_SLOT_F, C)),
-                   (K.H_MET, (K.N_MET,)), (K.H_PASS_END, (self.plan.num_passes,)), (K.H_POL_F, pol_f.shape),
+                   (K.H_MET, (K.N_MET,)), (K.H_PASS_END, (self.schedule.num_passes,)), (K.H_POL_F, pol_f.shape),
                    (K.H_PF_F, pf_f.shape), (K.H_QUEUE_F, (K.N_QUEUE_F, queue)),
                    (K.H_ENGINE, (K.N_ENGINE_F, self.copy_engines))]
         if self.observe:
@@ -232,7 +260,7 @@ class Replay:
         si[K.H_WORK_LEN], si[K.H_CAP], si[K.H_OBJS], si[K.H_NSCOPES] = work_size(L, E), C, n_obj, S
         si[K.H_POL_I_LEN], si[K.H_POL_F_LEN] = pol_i.size, pol_f.size
         si[K.H_PF_I_LEN], si[K.H_PF_F_LEN] = pf_i.size, pf_f.size
-        si[K.H_QUEUE_LEN], si[K.H_PASS_END_LEN] = queue, self.plan.num_passes
+        si[K.H_QUEUE_LEN], si[K.H_PASS_END_LEN] = queue, self.schedule.num_passes
         si[K.H_LOG_LEN] = K.LOG_WIDTH * K.LOG_ENTRIES
         if self.observe:
             si[K.H_RANK_LEN] = ranks.size
@@ -279,6 +307,9 @@ class Replay:
         f[K.F_CHUNK] = f[K.F_XFER] / self.preempt_chunks
         f[K.F_EXPERT_PER_TOKEN], f[K.F_EXPERT_MIN] = hw.expert_roofline(model)
         f[K.F_CASCADE_FULL], f[K.F_CASCADE_LOW] = self.cascade
+        if self.host_slots:  # two tiers: host memory holds some experts, the SSD all
+            cfg[K.C_HOST_SLOTS], cfg[K.C_HOST_LRU] = self.host_slots, self.host_policy == "lru"
+            f[K.F_SSD_READ] = hw.ssd_read_seconds(model.expert_bytes)
         if self.miss == "cpu":
             f[K.F_CPU_MIN] = float(hw.cpu_expert_seconds(model, 0))
             f[K.F_CPU_PER_TOKEN] = float(hw.cpu_expert_seconds(model, 1e6)) / 1e6
@@ -291,6 +322,7 @@ class Replay:
         self.slot_f[K.SL_FREE_AT] = -np.inf
         self.obj_i[K.OB_SLOT] = -1
         self.obj_i[K.OB_EVICT_PASS] = -1
+        self.ist[K.I_HOST_HEAD] = self.ist[K.I_HOST_TAIL] = -1
         self.tab = np.zeros(2 * K.N_ARGS, np.int64)
 
     def bind_table(self, row: np.ndarray) -> None:
@@ -304,8 +336,19 @@ class Replay:
 
     # -- driving the kernel -------------------------------------------------------------------------
     def _next_chunk(self) -> bool:
+        """Bind the next schedule chunk (a static plan's passes, or continuous batching's next step)."""
         self.trace.check_file()  # a memory-mapped trace file that changed would give SIGBUS or wrong data
-        bounds = next(self._chunks, None)
+        if self.schedule.continuous:
+            if self.chunk is None:  # the step buffers: bound once, rewritten by each step
+                self.chunk = self.schedule.buffers
+                self.si[K.H_P0], self.si[K.H_P1] = 0, 1
+                self.si[K.H_HAS_SPEC] = self.with_spec
+                argument_table((self.si, self.sf) + self.chunk, self.tab)
+            more = self.schedule.next_step(self.tab.ctypes.data, float(self.fst[K.S_COMPUTE]))
+            self.ist[K.I_EVENT] = 0
+            self.ist[K.I_PHASE] = K.P_START
+            return more
+        bounds = self.schedule.next_bounds()
         if bounds is None:
             self.chunk = None
             return False
@@ -319,7 +362,8 @@ class Replay:
         self._chunk_arrays = (c.ev_ptr, c.ev_obj, c.ev_count, c.ev_pass, c.ev_dense, c.ev_est, c.ev_mass,
                               c.occ_ptr, c.occ_pos,
                               _NO_SCORES if c.spec is None else c.spec.reshape(-1),
-                              self.plan.pass_kind[p0:p1], self._progress[p0:p1], self._pass_ready[p0:p1])
+                              self.plan.pass_kind[p0:p1], self.schedule.progress[p0:p1],
+                              self.schedule.pass_ready[p0:p1])
         self.si[K.H_P0], self.si[K.H_P1] = p0, p1
         self.si[K.H_HAS_SPEC] = c.spec is not None
         argument_table((self.si, self.sf) + self._chunk_arrays, self.tab)
@@ -331,7 +375,11 @@ class Replay:
     def advance(self) -> bool:
         """Replay until a decision is due (True: see :attr:`pending_kind`) or the trace ends (False)."""
         while not self.done:
-            status = K.advance(self.tab.ctypes.data)
+            if self.schedule.continuous:
+                self.trace.check_file()
+                status = self.schedule.serve(self.tab.ctypes.data, self.ist, self.fst)
+            else:
+                status = K.advance(self.tab.ctypes.data)
             if status == K.BAD_VICTIM and self.ist[K.I_ACTION] == K.NO_ACTION:
                 raise SpecMDError("the replay was advanced without an answer to the pending decision: call decide()")
             if status == K.BAD_VICTIM:
@@ -356,7 +404,8 @@ class Replay:
     def current_event(self) -> tuple[int, int]:
         """(global pass index, layer) of the layer event being replayed."""
         e = int(self.ist[K.I_EVENT])
-        return int(self.chunk.ev_pass[e]), e % self.model.num_layers
+        ev_pass = self.chunk[3] if self.schedule.continuous else self.chunk.ev_pass
+        return int(ev_pass[e]), e % self.model.num_layers
 
     @property
     def prefetch_budget(self) -> int:
@@ -372,6 +421,9 @@ class Replay:
         row = layer + self.lookahead - 1
         if row >= self.model.num_layers - 1:
             return None
+        if self.schedule.continuous:  # the step's mean scores, as the kernel sees them
+            E = self.model.num_experts
+            return np.array(self.chunk[9][row * E:(row + 1) * E], np.float32)
         tokens = self.plan.pass_tok[self.plan.pass_ptr[pass_index]:self.plan.pass_ptr[pass_index + 1]]
         return np.asarray(self.trace.spec_scores[tokens, row], np.float32).mean(axis=0)
 
@@ -458,13 +510,7 @@ class Replay:
     # -- results -----------------------------------------------------------------------------------
     def result(self) -> Result:
         m = {name: self.met[i] for i, name in enumerate(K.METRIC_NAMES)}
-        plan = self.plan
-        group_start = np.where(plan.group_first_pass > 0, self.pass_end[np.maximum(plan.group_first_pass - 1, 0)], 0.0)
-        ttft = self.pass_end[plan.prefill_pass] - group_start if len(plan.prefill_pass) else np.zeros(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(plan.decode_tokens > 0,
-                            (self.pass_end[plan.last_pass] - self.pass_end[plan.prefill_pass]) / plan.decode_tokens,
-                            np.nan)
+        requests = self.schedule.requests if self.schedule.continuous else self.plan.request_ids
         prefetched_resident = int(np.sum((self.slot_i[K.SL_PREFETCHED] == 1) & (self.slot_i[K.SL_OBJ] >= 0)))
         floats = {"stall_seconds", "gate_mass", "gate_mass_dropped", "gate_mass_substituted",
                   "gate_mass_low_precision", "cpu_seconds", "demand_wait_seconds"}
@@ -474,10 +520,8 @@ class Replay:
             hardware=self.hardware.name, capacity_slots=int(self.scopes[K.SC_HI, -1]),
             prefetches_resident_at_end=prefetched_resident,
             bytes_moved=counts["transfers"] * self.model.expert_bytes,
-            total_seconds=float(self.pass_end[-1]) if len(self.pass_end) else 0.0,
-            prompt_tokens=int(np.sum(self.trace.prompt_lengths[plan.request_ids])),
-            output_tokens=int(np.sum(plan.decode_tokens)),
-            ttft_seconds=ttft, tpot_seconds=tpot, **counts, **{k: float(m[k]) for k in floats})
+            prompt_tokens=int(np.sum(self.trace.prompt_lengths[requests])),
+            **self.schedule.timings(self.pass_end), **counts, **{k: float(m[k]) for k in floats})
 
 
 class PythonView:

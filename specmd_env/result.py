@@ -54,8 +54,10 @@ class Result:
     cpu_experts: int                  # experts computed on the CPU instead of fetched
     cpu_seconds: float
     demand_wait_seconds: float        # time demand loads waited for the copy engine (queueing)
-    ttft_seconds: np.ndarray = field(repr=False)     # per request: its batch group's start to its first token
-    tpot_seconds: np.ndarray = field(repr=False)     # per request: mean time per output token (NaN if none)
+    ssd_reads: int                    # experts read from the SSD into host memory (two tiers)
+    ttft_seconds: np.ndarray = field(repr=False)     # per request: arrival (or its batch group's start) to first token
+    tpot_seconds: np.ndarray = field(repr=False)     # per request: mean time per output token after the first
+    itl_seconds: np.ndarray = field(repr=False)      # every gap between a request's consecutive tokens
 
     @property
     def hit_rate(self) -> float:
@@ -91,6 +93,19 @@ class Result:
         valid = self.tpot_seconds[~np.isnan(self.tpot_seconds)]
         return float(np.mean(valid)) if len(valid) else float("nan")
 
+    def percentile(self, what: str, q: float) -> float:
+        """The q-th percentile (0-100) of 'ttft', 'tpot' or 'itl' seconds (NaN where undefined)."""
+        values = {"ttft": self.ttft_seconds, "tpot": self.tpot_seconds, "itl": self.itl_seconds}[what]
+        values = values[~np.isnan(values)]
+        return float(np.percentile(values, q)) if len(values) else float("nan")
+
+    def goodput(self, ttft_slo: float, tpot_slo: float) -> float:
+        """Requests per second of replayed time that met both service-level objectives (a request with
+        one token only has no TPOT and meets that one)."""
+        tpot = np.nan_to_num(self.tpot_seconds, nan=0.0)
+        met = (self.ttft_seconds <= ttft_slo) & (tpot <= tpot_slo)
+        return float(met.sum() / self.total_seconds) if self.total_seconds else float("nan")
+
     @property
     def tokens_per_second(self) -> float:
         """All tokens processed (prompt and output) per second of replayed time."""
@@ -103,6 +118,9 @@ class Result:
     def as_dict(self) -> dict:
         """Scalars only (per-request arrays summarised by their means), ready for a table row."""
         row = {k: v for k, v in asdict(self).items() if not isinstance(v, np.ndarray)}
+        for what in ("ttft", "tpot", "itl"):
+            for q in (50, 90, 99):
+                row[f"p{q}_{what}_seconds"] = self.percentile(what, q)
         row.update(hit_rate=self.hit_rate, token_hit_rate=self.token_hit_rate,
                    prefetch_covered_rate=self.prefetch_covered_rate, degraded_mass_fraction=self.degraded_mass_fraction,
                    mean_ttft_seconds=self.mean_ttft_seconds,

@@ -40,6 +40,7 @@ class PassPlan:
     prefill_pass: np.ndarray    # per replayed request: the pass yielding its first token (prefill, or first decode)
     last_pass: np.ndarray       # per replayed request: its last decode pass (= prefill_pass if none)
     decode_tokens: np.ndarray   # per replayed request: decode passes after its first token
+    decode_start: np.ndarray    # per replayed request: the pass of its second token (its first decode pass)
 
     @property
     def num_passes(self) -> int:
@@ -67,7 +68,7 @@ def plan_passes(trace: Trace, batch_size: int = 1, requests=None) -> PassPlan:
     requests = np.arange(trace.num_requests) if requests is None else np.asarray(requests, np.int64)
     offsets, prompts = np.asarray(trace.request_offsets), np.asarray(trace.prompt_lengths)
     ptr, toks, kinds, attended = [0], [], [], []
-    group_first, prefill, last, ndecode = [], [], [], []
+    group_first, prefill, last, ndecode, decode_start = [], [], [], [], []
 
     def add_pass(tokens: np.ndarray, kind: int, positions: np.ndarray) -> int:
         toks.append(tokens)
@@ -85,6 +86,7 @@ def plan_passes(trace: Trace, batch_size: int = 1, requests=None) -> PassPlan:
             group_first.append(first)
         # decode only: the group's first decode pass yields the first token (every request is active in it)
         prefill[-len(group):] = [len(kinds) if p is None else p for p in prefill[-len(group):]]
+        decode_start.extend(len(kinds) + (prompts[group] == 0))  # the group's decode passes follow its prefills
         gen = offsets[group + 1] - offsets[group] - prompts[group]
         steps = int(gen.max()) if len(gen) else 0
         if len(group) == 1 and steps:  # the common single-request decode, vectorised
@@ -109,7 +111,46 @@ def plan_passes(trace: Trace, batch_size: int = 1, requests=None) -> PassPlan:
                     pass_kind=np.asarray(kinds, np.int8), pass_attended=np.asarray(attended, np.float64),
                     request_ids=requests, group_first_pass=np.asarray(group_first, np.int64),
                     prefill_pass=np.asarray(prefill, np.int64), last_pass=np.asarray(last, np.int64),
-                    decode_tokens=np.asarray(ndecode, np.int64))
+                    decode_tokens=np.asarray(ndecode, np.int64), decode_start=np.asarray(decode_start, np.int64))
+
+
+class StaticSchedule:
+    """The passes of static batching, planned ahead and bound to the kernel chunk by chunk. With
+    ``arrivals`` (per replayed request), a batch group starts no earlier than its last request arrives,
+    and a request's TTFT counts from its arrival; without, from its group's start (as if each group were
+    submitted when the GPU frees)."""
+
+    continuous = False
+
+    def __init__(self, trace: Trace, batch_size: int, requests, arrivals: np.ndarray | None):
+        self.plan = plan_passes(trace, batch_size, requests)
+        self.num_passes = self.plan.num_passes
+        self.progress = self.plan.passes_since_group_start()
+        self.pass_ready = np.zeros(self.num_passes)  # the earliest time each pass may start
+        self.arrivals = arrivals
+        if arrivals is not None and len(arrivals):
+            np.maximum.at(self.pass_ready, self.plan.group_first_pass, arrivals)
+        self._chunks = self.plan.chunks()
+
+    def next_bounds(self) -> tuple[int, int] | None:
+        return next(self._chunks, None)
+
+    def timings(self, pass_end: np.ndarray) -> dict:
+        """Per-request TTFT and TPOT, every inter-token gap, and the replay's end, from the passes' ends."""
+        plan = self.plan
+        if self.arrivals is not None:
+            start = self.arrivals
+        else:
+            start = np.where(plan.group_first_pass > 0, pass_end[np.maximum(plan.group_first_pass - 1, 0)], 0.0)
+        first = pass_end[plan.prefill_pass] if len(plan.prefill_pass) else np.zeros(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = np.where(plan.decode_tokens > 0, (pass_end[plan.last_pass] - first) / plan.decode_tokens, np.nan)
+        gaps = [np.diff(pass_end[np.r_[p, d:d + n]]) for p, d, n in
+                zip(plan.prefill_pass, plan.decode_start, plan.decode_tokens)]
+        return dict(ttft_seconds=first - start, tpot_seconds=tpot,
+                    itl_seconds=np.concatenate(gaps) if gaps else np.zeros(0),
+                    total_seconds=float(pass_end[-1]) if len(pass_end) else 0.0,
+                    output_tokens=int(np.sum(plan.decode_tokens)))
 
 
 @dataclass

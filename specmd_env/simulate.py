@@ -12,8 +12,9 @@ from specmd_env.result import Result
 def simulate(trace, *, model=None, hardware="paper-a100-5gbps", capacity=0.05, eviction="lru", prefetch="none",
              lookahead=1, batch_size=1, scope="global", mode="event", miss="fetch", prefetch_mass=0.8,
              prefetch_max=None, prefetch_budget="engine", copy_engine="demand-first", copy_engines=None,
-             preempt_chunks=3, evict_at="issue", low_bits=4, cascade=(0.6, 0.9), gating="none", preset=None, seed=0,
-             requests=None) -> Result:
+             preempt_chunks=3, evict_at="issue", low_bits=4, cascade=(0.6, 0.9), gating="none", scheduler="static",
+             arrival_rate=None, arrival_times=None, max_num_seqs=256, max_num_batched_tokens=8192,
+             host_policy="lru", preset=None, seed=0, requests=None) -> Result:
     """Replay ``trace`` and return its :class:`Result`.
 
     trace: a :class:`Trace`, a path, or a catalog name. model: defaults to the trace's.
@@ -39,6 +40,14 @@ def simulate(trace, *, model=None, hardware="paper-a100-5gbps", capacity=0.05, e
     (chosen when the copy starts, among the candidates then). gating: 'none' or 'adaptive' (AdapMoE's
     dropping of a decode token's second expert; the dropped gate mass is reported). scope also takes
     'adapmoe' (per-layer sizes from AdapMoE's DP) or a list of per-layer sizes.
+    scheduler: 'static' (batches of ``batch_size`` requests, each prefilled in turn, then decoded
+    together) or 'continuous' (vLLM-like continuous batching with chunked prefill: at most
+    ``max_num_seqs`` running, ``max_num_batched_tokens`` per step; specmd_env.serving). arrival_rate:
+    Poisson arrivals (requests per second, seeded by ``seed``) or arrival_times (seconds per replayed
+    request); without either every request is there at time 0 (static: TTFT counts from the batch
+    group's start). Result holds TTFT / TPOT / inter-token percentiles and ``goodput(ttft_slo, tpot_slo)``.
+    host_policy: with a two-tier hardware profile (host memory for ``host_expert_gib`` of experts, the
+    rest on an SSD: specmd_env.kernel.tiers), the host cache's order, 'lru' or 'fifo'.
     preset: a named system (``specmd_env.presets.list_presets()``: mixtral-offloading, adapmoe,
     moe-infinity, hobbit, pregated, specmd) whose settings fill every keyword left at its default.
     prefetch_mass / prefetch_max: the score prefetcher's coverage and cap. prefetch_budget: 'engine'
@@ -52,7 +61,9 @@ def simulate(trace, *, model=None, hardware="paper-a100-5gbps", capacity=0.05, e
                     lookahead=lookahead, batch_size=batch_size, scope=scope, mode=mode, miss=miss,
                     prefetch_mass=prefetch_mass, prefetch_max=prefetch_max, prefetch_budget=prefetch_budget,
                     copy_engine=copy_engine, copy_engines=copy_engines, preempt_chunks=preempt_chunks,
-                    evict_at=evict_at, low_bits=low_bits, cascade=cascade, gating=gating, seed=seed,
+                    evict_at=evict_at, low_bits=low_bits, cascade=cascade, gating=gating, scheduler=scheduler,
+                    arrival_rate=arrival_rate, arrival_times=arrival_times, max_num_seqs=max_num_seqs,
+                    max_num_batched_tokens=max_num_batched_tokens, host_policy=host_policy, seed=seed,
                     requests=requests)
     settings = apply_preset(preset, settings, DEFAULTS)
     return Replay(trace, **settings).run()

@@ -50,6 +50,20 @@ def _scope(text: str):
         raise ValueError("give global, per-layer, adapmoe or per-layer sizes 4,3,3,...") from None
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _times_file(text: str):
+    from pathlib import Path
+
+    import numpy as np
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError("no such file")
+    return np.loadtxt(path, dtype=np.float64, ndmin=1)
+
+
 def _pair(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
@@ -132,7 +146,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("low_bits", _int, "bits per weight of a low-precision copy (low-precision, cascade)", metavar="BITS"),
     Option("cascade", _pair, "cascade: gate-mass thresholds T1,T2 (full precision within T1, low within T2)",
            metavar="T1,T2"),
-    Option("seed", _int, "seed of the random policy", metavar="N"),
+    Option("scheduler", str, "static batching, or continuous batching with chunked prefill (vLLM-like)",
+           choices=("static", "continuous")),
+    Option("arrival_rate", _optional_float, "Poisson arrivals, requests per second ('none': all at time 0)",
+           metavar="RATE|none"),
+    Option("arrival_times", _times_file, "a text file of arrival times in seconds, one per replayed request",
+           metavar="FILE"),
+    Option("max_num_seqs", _positive_int, "continuous batching: most sequences running at once", metavar="N"),
+    Option("max_num_batched_tokens", _positive_int, "continuous batching: most tokens per step", metavar="N"),
+    Option("host_policy", str, "two-tier profiles: the host-memory cache's order", choices=("lru", "fifo")),
+    Option("seed", _int, "seed of the random policy and of Poisson arrivals", metavar="N"),
     Option("requests", parse_requests, "trace request indices to replay, e.g. 0,3,5-9 (default: all, in order)",
            metavar="LIST"),
 )

@@ -57,18 +57,20 @@ N_CHUNK_ARGS = A_OBS  # the state arenas and the chunk: what a plain replay bind
 # -- cfg_i: integer settings ------------------------------------------------------------------------------------
 (C_CAPACITY, C_LAYERS, C_EXPERTS, C_PER_ACCESS, C_NSCOPES, C_LOOKAHEAD, C_BUDGET, C_MISS, C_EXT_EVICT,
  C_EXT_PREFETCH, C_VICTIM_FN, C_EVENT_FN, C_EVENT_MASK, C_PF_FN, C_PF_EVENT_FN, C_PF_EVENT_MASK, C_ORDERS,
- C_NEXT_USE, C_ENGINE, C_ENGINES, C_EVICT_AT, C_SHIFT, C_LOW_BITS, N_CFG_I) = range(24)
+ C_NEXT_USE, C_ENGINE, C_ENGINES, C_EVICT_AT, C_SHIFT, C_LOW_BITS, C_HOST_SLOTS, C_HOST_LRU, N_CFG_I) = range(26)
 # -- cfg_f: float settings ----------------------------------------------------------------------------------------
 # F_XFER: one full-precision transfer on one engine; F_XFER_LOW: one low-precision copy; F_CHUNK: the
 # preemption granularity; F_CASCADE_FULL / F_CASCADE_LOW: the drop cascade's thresholds T1 / T2
+# F_SSD_READ: one expert read from the SSD into host memory (two tiers: cfg_i[C_HOST_SLOTS] > 0)
 (F_XFER, F_XFER_LOW, F_EXPERT_PER_TOKEN, F_EXPERT_MIN, F_CPU_PER_TOKEN, F_CPU_MIN, F_CHUNK, F_CASCADE_FULL,
- F_CASCADE_LOW, N_CFG_F) = range(10)
+ F_CASCADE_LOW, F_SSD_READ, N_CFG_F) = range(11)
 
 # -- ist: integer state ---------------------------------------------------------------------------------------------
 (I_EVENT, I_PHASE, I_INDEX, I_TICK, I_PASS, I_PASS_TICK, I_RNG, I_PENDING, I_PENDING_OBJ, I_ACTION, I_NMISS,
- I_BUDGET, I_PF_COUNT, I_PF_READY, I_POSITION, I_QUEUED, I_LOGGED, I_BITS, N_IST) = range(19)
+ I_BUDGET, I_PF_COUNT, I_PF_READY, I_POSITION, I_QUEUED, I_LOGGED, I_BITS, I_HOST_COUNT, I_HOST_HEAD,
+ I_HOST_TAIL, N_IST) = range(22)
 # -- fst: float state -------------------------------------------------------------------------------------------------
-S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, N_FST = range(6)
+S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, S_SSD_FREE, N_FST = range(7)
 
 # -- slot_i rows: per cache slot --------------------------------------------------------------------------------------
 (SL_OBJ, SL_LAYER, SL_EXPERT, SL_INSERT, SL_USE, SL_TOUCH, SL_COUNT, SL_PREFETCHED, SL_TOUCH_PASS, SL_BITS,
@@ -76,7 +78,9 @@ S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, N_FST = range(6)
 # -- slot_f rows ---------------------------------------------------------------------------------------------------------
 SL_READY, SL_FREE_AT, N_SLOT_F = range(3)
 # -- obj_i rows: per (layer, expert) object --------------------------------------------------------------------------
-OB_SLOT, OB_SEEN, OB_EVICT_PASS, OB_CURSOR, OB_USES, OB_LAST_USE, N_OBJ_I = range(7)
+# OB_HOST: in host memory (two tiers); OB_HOST_PREV / NEXT: the host cache's order (oldest first)
+OB_SLOT, OB_SEEN, OB_EVICT_PASS, OB_CURSOR, OB_USES, OB_LAST_USE, OB_HOST, OB_HOST_PREV, OB_HOST_NEXT, N_OBJ_I = \
+    range(10)
 # -- lists rows: per scope, head and tail of the kernel's three slot orders (kept when cfg_i[C_ORDERS]) ------------
 L_USE_HEAD, L_USE_TAIL, L_TOUCH_HEAD, L_TOUCH_TAIL, L_INS_HEAD, L_INS_TAIL, N_LISTS = range(7)
 ORDER_USE, ORDER_TOUCH, ORDER_INSERT = L_USE_HEAD, L_TOUCH_HEAD, L_INS_HEAD
@@ -89,11 +93,11 @@ METRIC_NAMES = ("accesses", "hits", "misses", "compulsory_misses", "capacity_mis
                 "prefetches_skipped", "transfers", "bypassed", "stall_seconds", "dropped_experts",
                 "evictions", "decisions", "token_accesses", "gate_mass", "gate_mass_dropped",
                 "gate_mass_substituted", "gate_mass_low_precision", "low_precision_transfers",
-                "substituted_experts", "cpu_experts", "cpu_seconds", "demand_wait_seconds")
+                "substituted_experts", "cpu_experts", "cpu_seconds", "demand_wait_seconds", "ssd_reads")
 (M_ACCESSES, M_HITS, M_MISSES, M_COMPULSORY, M_CAPACITY, M_COLLISION, M_LATE, M_PF_ISSUED, M_PF_USED,
  M_PF_WASTED, M_PF_SKIPPED, M_TRANSFERS, M_BYPASSED, M_STALL, M_DROPPED, M_EVICTIONS, M_DECISIONS,
  M_TOKEN_ACCESSES, M_MASS, M_MASS_DROPPED, M_MASS_SUBSTITUTED, M_MASS_LOW, M_LOW_TRANSFERS, M_SUBSTITUTED,
- M_CPU_EXPERTS, M_CPU_SECONDS, M_DEMAND_WAIT, N_MET) = range(28)
+ M_CPU_EXPERTS, M_CPU_SECONDS, M_DEMAND_WAIT, M_SSD_READS, N_MET) = range(29)
 
 # -- queue rows (prefetches issued and not yet finished, for demand-first engines), in si (int) and sf (float) ---
 Q_SLOT, Q_ENGINE, N_QUEUE_I = range(3)

@@ -50,6 +50,7 @@ from specmd_env.kernel.slots import (
     any_candidate, candidate, classify_miss, count_access, earliest_free, evict, free_slot, insert, layer_of, scope_range, touch,
     use)
 from specmd_env.kernel.state import unpack
+from specmd_env.kernel.tiers import host_access, in_host_by
 
 
 def prefetch_base(num_experts: int) -> int:
@@ -92,6 +93,7 @@ def _serve_hit(cfg_i, cfg_f, ist, fst, slot_i, slot_f, obj_i, lists, met, log, t
     obj_i[OB_SEEN, obj] = 1
     use(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, EV_HIT)
     count_access(ist, obj_i, obj)
+    host_access(cfg_i, ist, obj_i, obj)
     slot_f[SL_FREE_AT, slot] = INF
     slot_f[SL_FREE_AT, slot] = compute(cfg_f, fst, met, slot_f[SL_READY, slot], tokens)
 
@@ -295,13 +297,15 @@ def advance(tab):
                     else:
                         evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
                 bits = ist[I_BITS]
+                host_access(cfg_i, ist, obj_i, obj)
+                t_issue = in_host_by(cfg_i, cfg_f, ist, fst, met, obj_i, obj, t_decision)  # an SSD read first?
                 seconds = cfg_f[F_XFER]
                 if bits < FULL_BITS:
                     seconds = cfg_f[F_XFER_LOW]
                     met[M_LOW_TRANSFERS] += 1
                     met[M_MASS_LOW] += mass[j]
-                engine, start = plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t_decision)
-                ready = commit_demand(cfg_i, fst, met, eng, ist, q_i, q_f, slot_i, slot_f, engine, t_decision,
+                engine, start = plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t_issue)
+                ready = commit_demand(cfg_i, fst, met, eng, ist, q_i, q_f, slot_i, slot_f, engine, t_issue,
                                       start, seconds)
                 if slot >= 0:
                     insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, obj, 0, bits)
@@ -406,7 +410,10 @@ def advance(tab):
                         ist[I_INDEX] += 1
                         continue
                     evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
-                ready = transfer_prefetch(cfg_i, ist, fst, met, eng, q_i, q_f, t_issue, cfg_f[F_XFER], slot)
+                host_access(cfg_i, ist, obj_i, obj)
+                ready = transfer_prefetch(cfg_i, ist, fst, met, eng, q_i, q_f,
+                                          in_host_by(cfg_i, cfg_f, ist, fst, met, obj_i, obj, t_issue), cfg_f[F_XFER],
+                                          slot)
                 insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, obj, 1, FULL_BITS)
                 slot_f[SL_READY, slot] = ready
                 slot_f[SL_FREE_AT, slot] = ready
