@@ -12,7 +12,6 @@ Next use is measured in access positions of the flattened request stream, within
 (equal next use, e.g. never) go to the least recently used.
 """
 
-from numba import njit
 
 from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
@@ -20,7 +19,7 @@ from specmd_env.eviction.base import EvictionPolicy
 BYPASS = 0  # state_i[0]: 1 for belady-bypass
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _farthest_first(v, s):
     return -sp.next_use(v, s)
 

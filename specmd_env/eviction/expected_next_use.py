@@ -43,7 +43,7 @@ def expected_steps(v, obj, turn):
     return turn + v.num_layers * (1.0 / frequency(v, obj) - 1.0)
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _latest_first(v, s):
     return -expected_steps(v, v.slot_object[s], sp.next_turn(v, s))
 

@@ -25,7 +25,6 @@ What is exact and what is not:
 """
 
 import numpy as np
-from numba import njit
 
 from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
@@ -37,7 +36,7 @@ W_LRU, W_LFU, W_LHU, W_FLD = range(4)  # state_f
 TUNED = {"w_lru": 0.1, "w_lfu": 0.2, "w_lhu": 0.0, "w_fld": 0.7}
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _priority(v, s):
     n = v.num_layers * v.num_experts
     obj = v.slot_object[s]

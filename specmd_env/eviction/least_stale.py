@@ -14,7 +14,6 @@ ambiguous in the paper, so both readings are here (choose with ``order=``):
   reorder; stale experts go first in insertion order, then current ones in insertion order.
 """
 
-from numba import njit
 
 from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
@@ -22,7 +21,7 @@ from specmd_env.eviction.base import EvictionPolicy
 BY_INSERT = 0  # state_i[0]: 1 for the insertion-order reading
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _stale(v, s):
     return v.touch_pass[s] != v.pass_id
 

@@ -5,7 +5,6 @@
 expert that is popular but was evicted once is not treated as new).
 """
 
-from numba import njit
 
 from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
@@ -13,12 +12,12 @@ from specmd_env.eviction.base import EvictionPolicy
 HISTORY = 0  # state_i[0]: 1 to count over the whole history
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _resident_uses(v, s):
     return v.uses[s]
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _history_uses(v, s):
     return v.total_uses[v.slot_object[s]]
 

@@ -12,7 +12,6 @@ in *descending* order of in-cache visits (the most visited first -- which reads 
 the commented-out line used the last access time). Kept so that both can be compared.
 """
 
-from numba import njit
 
 from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
@@ -22,7 +21,7 @@ EPS = 1e-8
 RULE_CODE = 0  # state_i[0]: 1 for the code's rule
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _paper_priority(v, s):
     n, cur, coll, _, _ = pf.offsets_of(v.other_i, v.num_layers, v.num_experts)
     c = v.other_i[pf.MATCHED]
@@ -35,7 +34,7 @@ def _paper_priority(v, s):
     return (p + EPS) * (1.0 - v.slot_layer[s] / v.num_layers)
 
 
-@njit(cache=True)
+@sp.njit_policy
 def _code_priority(v, s):
     protected = v.slot_layer[s] > v.layer  # a later layer of this pass: a prefetch candidate
     return 1e18 if protected else -(v.uses[s] + 1.0)                      # most visited first
