@@ -111,13 +111,14 @@ def test_expected_next_use_by_hand(policy, hits, evictions, bypassed, final):
     assert resident(replay) == final
 
 
-def _hobbit_trace():
+def _hobbit_trace(second_prompt=1):
     """3 layers x 4 experts, top-1. Request 1: a prompt token [0, 0, 0] and a decoded [0, 1, 0];
-    request 2: a prompt token [1, 1, 0]. Passes: 0 (prefill, T = 1), 1 (decode, T = 2), 2 (prefill of a
-    new sequence: T = 1 and every record reset)."""
+    request 2: one token [1, 1, 0], its prompt (or, with ``second_prompt=0``, a decode-only request's
+    first step). Passes: 0 (prefill, T = 1), 1 (decode, T = 2), 2 (a new sequence: T = 1 and every
+    record reset)."""
     model = tiny_model(3, 4, 1)
     ids = [[[0], [0], [0]], [[0], [1], [0]], [[1], [1], [0]]]
-    return model, make_trace(ids, model, request_lengths=[2, 1], prompt_lengths=[1, 1])
+    return model, make_trace(ids, model, request_lengths=[2, 1], prompt_lengths=[1, second_prompt])
 
 
 @pytest.mark.parametrize("policy,hits,final", [
@@ -138,8 +139,11 @@ def _hobbit_trace():
     ("hobbit:w_lru=0.1,w_lfu=0.2,w_lhu=0,w_fld=0.7", 3, [1, 5, 8]),
     ("hobbit:weights=tuned", 3, [1, 5, 8]),  # the tuned set is that one
 ])
-def test_hobbit_priority_by_hand(policy, hits, final):
-    model, trace = _hobbit_trace()
+# second_prompt=0: a decode-only request has no prefill; its first step must start a sequence too (the
+# records once restarted only at a prefill, and the equal-weights case evicted 1 instead of 0 last).
+@pytest.mark.parametrize("second_prompt", [1, 0])
+def test_hobbit_priority_by_hand(policy, hits, final, second_prompt):
+    model, trace = _hobbit_trace(second_prompt)
     replay, r = replay_of(trace, model, capacity=slots(model, 3), eviction=policy, mode="per-access")
     assert (r.accesses, r.hits) == (9, hits)
     assert resident(replay) == final
@@ -297,7 +301,10 @@ def _pf_state(replay):
             replay.sf[si[K.H_PF_F]:si[K.H_PF_F] + si[K.H_PF_F_LEN]])
 
 
-def test_moe_infinity_prefetch_by_hand():
+# c_prompt=0: C is decode-only; B's matrix must join the collection at C's first step all the same
+# (it once waited for a prefill, so B never joined and C's counts were added to B's).
+@pytest.mark.parametrize("c_prompt", [1, 0])
+def test_moe_infinity_prefetch_by_hand(c_prompt):
     """3 layers x 4 experts, top-1, miss='drop' (only prefetches enter the cache), unlimited cache,
     FAST, one prefetch per layer. Requests A: [1, 1, 1] then decoded [1, 2, 1]; B: [2, 2, 2];
     C: [1, 1, 1]. During A the collection is empty: nothing prefetched.
@@ -307,10 +314,11 @@ def test_moe_infinity_prefetch_by_hand():
     resident. C's prefill closes B ({2, 6, 10}). C's layer 0 routes to 1 like A (cosine 1, B's 0): A's
     list again: 9 resident, 5 fetched. C's layer 1 (A still closer): 9 resident. C uses 5 and 9:
     2 hits, 2 prefetches issued and both used; all 10 other accesses dropped. A was matched at B's
-    layers 0 and 1 and C's 0 and 1 (the last layer proposes nothing): 1 + 4 matches."""
+    layers 0 and 1 and C's 0 and 1 (the last layer proposes nothing): 1 + 4 matches. The same holds
+    when C is a decode-only request (``c_prompt=0``): its first pass starts a request all the same."""
     model = tiny_model(3, 4, 1)
     ids = [[[1], [1], [1]], [[1], [2], [1]], [[2], [2], [2]], [[1], [1], [1]]]
-    trace = make_trace(ids, model, request_lengths=[2, 1, 1], prompt_lengths=[1, 1, 1])
+    trace = make_trace(ids, model, request_lengths=[2, 1, 1], prompt_lengths=[1, 1, c_prompt])
     replay, r = replay_of(trace, model, hardware=FAST, capacity=1.0, miss="drop", prefetch="moe-infinity",
                           prefetch_budget=1)
     assert (r.hits, r.prefetches_issued, r.prefetches_used, r.dropped_experts) == (2, 2, 2, 10)
