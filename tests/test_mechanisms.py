@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST, SLOW, SLOW_C, SLOW_X, make_trace, slots, slow_dense, tiny_model
 from specmd_env import Replay, simulate
 from specmd_env.errors import SpecMDError
-from specmd_env.kernel.layout import SL_COUNT, SL_OBJ
+from specmd_env.kernel.layout import SL_COUNT, SL_OBJ, SL_READY
 
 X, C = SLOW_X, SLOW_C
 D1 = slow_dense(1)  # a 1-token prefill's dense part (reads 1 cached token)
@@ -96,7 +96,7 @@ def test_queued_prefetch_is_promoted(engine, arrival):
     assert (r.misses, r.late_prefetch_misses, r.transfers) == (2, 1, 4)
     assert (r.prefetches_issued, r.prefetches_used, r.prefetches_resident_at_end) == (3, 1, 2)
     assert_identities(r)
-    ready = dict(zip(replay.slot_i[SL_OBJ].tolist(), replay.slot_f[0].tolist()))  # SL_READY row
+    ready = dict(zip(replay.slot_i[SL_OBJ].tolist(), replay.slot_f[SL_READY].tolist()))
     after = {"fifo": D1 + 3 * X, "demand-first": D1 + 4 * X, "preempt": D1 + 4 * X}[engine]
     assert ready[6] == pytest.approx(after, rel=1e-9)
     assert ready[4] == pytest.approx(arrival, rel=1e-9)

@@ -237,13 +237,15 @@ def test_random_is_seeded_and_uniform():
                      seed=seed).hits for seed in range(200)]
     assert set(runs) == {0, 1}
     assert 0.35 < np.mean(runs) < 0.65  # 200 fair coin flips: 0.5 +- 0.035 (1 sd)
+    top2 = tiny_model(2, 4, 2)
     rng = np.random.default_rng(3)
     ids = np.array([[rng.choice(4, 2, replace=False) for _ in range(2)] for _ in range(30)])
-    long = make_trace(ids, tiny_model(2, 4, 2), request_lengths=[10, 20], prompt_lengths=[3, 4])
+    long = make_trace(ids, top2, request_lengths=[10, 20], prompt_lengths=[3, 4])
+
     def run(seed):
-        replay, r = replay_of(long, tiny_model(2, 4, 2), hardware=SLOW, capacity=slots(model, 3),
-                              eviction="random", seed=seed)
+        replay, r = replay_of(long, top2, hardware=SLOW, capacity=slots(top2, 3), eviction="random", seed=seed)
         return r.as_dict(), replay.slot_i[K.SL_OBJ].tolist()
+
     assert run(5) == run(5)
     assert len({str(run(seed)) for seed in range(6)}) > 1
 
