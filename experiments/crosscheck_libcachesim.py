@@ -9,7 +9,7 @@ written as a libCacheSim *oracleGeneral* binary trace -- a packed little-endian 
 
 with ``obj_size = 1`` (so a cache of N bytes holds N objects) and ``next_access_vtime`` = the index of
 the object's next request (-1 if none; libCacheSim maps -1 to "never"). Belady needs that field: with it
-left at -1 every object looks never reused and Belady degrades below LRU.
+left at -1 every object looks never reused and Belady degrades (below LRU on some traces).
 
 Findings (tests/test_libcachesim.py asserts them): in ``mode="per-access"`` with no prefetch, LRU,
 FIFO and LFU miss counts equal libCacheSim's exactly; libCacheSim's ``Belady`` always admits the missed

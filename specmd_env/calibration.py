@@ -38,6 +38,8 @@ OLMOE_CONSECUTIVE_OVERLAP_L0 = 2.55
 #: What independent uniform choices would give: k * k / E = 8 * 8 / 64.
 OLMOE_CONSECUTIVE_OVERLAP_RANDOM = 1.0
 _TOP_K = {"olmoe": 8, "olmoe-sft": 8, "olmoe-dpo": 8, "mistral": 2}
+#: Which AllenAI count set belongs to which model (canonical names of ``data/models.toml``).
+MODEL_KEYS = {"olmoe-1b-7b": "olmoe", "mixtral-8x7b": "mistral"}
 
 
 @cache

@@ -31,12 +31,15 @@ TRACES: dict[str, dict] = {
     "mixtral-synthetic": {
         "file": "mixtral-synthetic.npz", "model": "mixtral-8x7b", "kind": "synthetic", "default": True,
         "description": "Synthetic Mixtral-8x7B routing over AllenAI's five domains; per-expert popularity "
-                       "calibrated to AllenAI's published Mixtral counts; with spec scores (accuracy 0.9).",
+                       "calibrated to AllenAI's published Mixtral counts (layers 16-31: spread to Liang et al. "
+                       "2025), persistence per domain and layer to the Mixtral paper's consecutive-token "
+                       "repetition (Table 5); with spec scores (accuracy 0.9).",
     },
     "qwen3-synthetic": {
         "file": "qwen3-synthetic.npz", "model": "qwen3-30b-a3b", "kind": "synthetic", "default": True,
-        "description": "Synthetic Qwen3-30B-A3B routing with parametric popularity (no real calibration data "
-                       "for this model); with spec scores (accuracy 0.9).",
+        "description": "Synthetic Qwen3-30B-A3B routing: persistence and the spread of expert load calibrated "
+                       "to Liang et al. 2025 (SRP(m=16), activation-frequency SD); which experts are popular is "
+                       "parametric (no per-expert data published); with spec scores (accuracy 0.9).",
     },
 }
 

@@ -14,7 +14,7 @@ from specmd_env.errors import SpecMDError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("specmd_env.commands.simulate", "replay a trace with one eviction/prefetch policy and print metrics"),
-    "trace-stats": ("specmd_env.trace_stats", "routing statistics of a trace, beside the AllenAI OLMoE figures"),
+    "trace-stats": ("specmd_env.trace_stats", "routing statistics of a trace, beside the real model's published figures"),
     "generate": ("specmd_env.generator", "write a synthetic (calibrated) routing trace"),
     "import": ("specmd_env.commands.import_trace", "convert another tool's routing (vLLM, SGLang, a table, AllenAI, "
                                                   "moe-cache-eval) to a trace"),

@@ -1,10 +1,19 @@
-"""Synthetic routing traces, calibrated to AllenAI's published OLMoE routing counts.
+"""Synthetic routing traces, calibrated to published routing statistics of the real models.
 
 **These traces are synthetic.** No model runs here: a small stochastic process produces, for every
 token and MoE layer, a ranked top-k of expert ids, gate weights and (optionally) the scores a
-next-layer predictor would see. For OLMoE-1B-7B (and Mixtral-8x7B) with AllenAI's domain names
-(arxiv, book, c4, github, wikipedia) the per-expert popularity is fitted to AllenAI's real expert
-counts (:mod:`specmd_env.calibration`); for any other model or domain it is parametric.
+next-layer predictor would see. What each model is calibrated to (every trace lists it in its metadata,
+``calibrated_to``, and what stayed a free choice in ``parametric``):
+
+* OLMoE-1B-7B and Mixtral-8x7B with AllenAI's domain names (arxiv, book, c4, github, wikipedia): the
+  per-expert popularity to AllenAI's real expert counts (:mod:`specmd_env.calibration`).
+* Persistence (how often consecutive tokens keep their experts), from :mod:`specmd_env.published`:
+  OLMoE to the published 2.55 of 8 experts shared at layer 0; Mixtral per domain and layer to the Mixtral
+  paper's repetition table (layers 0, 15, 31); Qwen3-30B-A3B, DeepSeek-V2-Lite and Qwen1.5-MoE to
+  Liang et al.'s segment routing best performance SRP(m=16), one value for all layers.
+* The spread of expert load over all layers (Liang et al.'s activation-frequency SD): Mixtral's layers
+  16-31, which AllenAI's counts do not cover, reuse layer 15's profile (permuted) with its CV scaled to
+  it; models without per-expert counts get parametric popularity whose load CV is scaled to it.
 
 The process (a Thurstonian / Gaussian-latent router):
 
@@ -12,14 +21,18 @@ The process (a Thurstonian / Gaussian-latent router):
   inclusion probabilities (fraction of tokens whose top-k holds the expert) come from AllenAI's counts
   at layers 0, 7 and 15; intermediate layers mix the neighbouring anchors in log space and are sharpened
   until their load CV interpolates the anchors' CVs; layers past the last anchor reuse its profile with
-  the expert ids permuted. Without calibration data, ``log-prior = s_l * (sqrt(1-rho_l^2) z_shared +
+  the expert ids permuted (and, where a published model-level spread exists, its CV scaled by the one
+  factor that matches it). Without calibration data, ``log-prior = s_l * (sqrt(1-rho_l^2) z_shared +
   rho_l z_domain)`` with ``rho_l`` (the domain-specific part) and the CV both growing with depth.
   The priors are then fitted (a few fixed-point steps on a simulated sample) so that the *whole
   process*, not just the prior, has the target inclusion probabilities.
 * **Token-to-token reuse**: ``u[t, l, e]``, an AR(1) Gaussian latent along the tokens of a request,
   ``u_t = phi u_{t-1} + sqrt(1-phi^2) eps_t`` (stationary N(0, 1), so reuse does not change popularity).
-  ``phi`` is fitted per domain so that consecutive tokens share 2.55 of 8 experts at OLMoE layer 0
-  (the published figure); other models use ``persistence`` (default 0.6).
+  ``phi`` (per domain and layer) is fitted to the published figures above on a simulated sample of the
+  whole process (the cross-layer term carries persistence from layer to layer too); Mixtral's is fitted
+  at layers 0, 15, 31 and interpolated linearly in between, balancing the two figures of each cell
+  (first-choice and any-choice repetition: one coefficient cannot match both, the fit makes their
+  signed relative errors cancel). Models without a published figure use ``persistence`` (default 0.6).
 * **Cross-layer correlation**: layer l's logits get ``gamma * sum_r g_r B_l[i_r]``, the rows of a
   seeded random matrix ``B_l`` [E, E] picked by layer l-1's chosen experts ``i_r``, weighted by their
   renormalised gate weights ``g_r`` (a stand-in for the residual stream carrying the experts' outputs).
@@ -48,26 +61,38 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.signal import lfilter
 
+from specmd_env import calibration, published
 from specmd_env.checks import integer
 from specmd_env.errors import SpecMDError
+from specmd_env.locality import (
+    first_choice_same,
+    segment_histogram,
+    shared_experts,
+    srp_from_histogram,
+)
 from specmd_env.models import ModelSpec, get_model
 from specmd_env.trace import FORMAT_NAME, FORMAT_VERSION, Trace
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 ALLENAI_DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")
-#: Which AllenAI count set calibrates which model.
-CALIBRATION_KEYS = {"olmoe-1b-7b": "olmoe", "mixtral-8x7b": "mistral"}
 _ANCHORS = (0, 7, 15)
 LICENCE = ("Apache-2.0 (synthetic; generator calibrated to AllenAI's Apache-2.0 OLMoE routing counts, "
            "see specmd_env/data/calibration/allenai-olmoe/LICENSE)")
 _FIT_TOKENS = 1536  # per domain
 _FIT_STEPS = 14
+#: Load CV of a parametric domain at the first / last layer when no published figure fixes its scale.
+DEFAULT_CV_RANGE = (0.6, 0.9)
+#: AR(1) coefficient where no published figure fixes it.
+DEFAULT_PERSISTENCE = 0.6
+_REPETITION_FIT = (96, 48)   # sequences per domain, tokens per sequence, for the repetition fit
 _CHUNK_BYTES = 96 << 20  # float32 work arrays per chunk, roughly
 
 
@@ -78,44 +103,51 @@ class _Structure:
     prior: np.ndarray       # [D, L, E] float32 log-priors (fitted)
     gamma: np.ndarray       # [D, L] float32 cross-layer weights (fitted where AllenAI gives transitions)
     target: np.ndarray      # [D, L, E] target inclusion probabilities (sum k per layer)
-    phi: np.ndarray         # [D] AR(1) coefficient per domain
+    phi: np.ndarray         # [D, L] AR(1) coefficient per domain and layer
     matrices: np.ndarray    # [L, E, E] float32 (row 0 unused)
-    calibrated: tuple[bool, ...]
+    calibrated: tuple[bool, ...]   # per domain: popularity fitted to AllenAI's counts
+    cv_range: tuple[float, float]  # load CV range of the parametric domains (fitted or default)
+    phi_anchors: tuple[int, ...]   # layers whose phi was fitted separately (others interpolated), () if uniform
+    calibrated_to: tuple[str, ...]  # what the process was fitted to, with sources
+    parametric: tuple[str, ...]     # what was not fitted to any real figure
 
 
 # -- target popularity -----------------------------------------------------------------------------
 
 def _water_fill(weights: np.ndarray, k: int) -> np.ndarray:
-    """Inclusion probabilities ``min(1, c * w)`` summing to k."""
+    """Inclusion probabilities ``min(1, c * w)`` summing to k, per row of ``weights`` [..., E]."""
     w = np.maximum(np.asarray(weights, np.float64), 1e-300)
-    lo, hi = 0.0, k / w.min() + 1.0
-    hi = max(hi, 1.0)
+    lo = np.zeros(w.shape[:-1])
+    hi = np.maximum(k / w.min(axis=-1) + 1.0, 1.0)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if np.minimum(1.0, mid * w).sum() < k:
-            lo = mid
-        else:
-            hi = mid
-    return np.minimum(1.0, hi * w)
+        low = np.minimum(1.0, mid[..., None] * w).sum(axis=-1) < k
+        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+    return np.minimum(1.0, hi[..., None] * w)
 
 
-def _cv(x: np.ndarray) -> float:
-    return float(np.std(x) / np.mean(x))
+def _cv(x: np.ndarray) -> np.ndarray:
+    """Coefficient of variation of each row (a float for a vector)."""
+    return np.std(x, axis=-1) / np.mean(x, axis=-1)
 
 
-def _sharpen_to_cv(log_weights: np.ndarray, k: int, cv: float) -> np.ndarray:
-    """Water-filled inclusion probabilities of ``exp(tau * log_weights)``, tau chosen so their CV is ``cv``."""
-    centred = log_weights - log_weights.mean()
-    lo, hi = 0.0, 1.0
-    while _cv(_water_fill(np.exp(hi * centred), k)) < cv and hi < 1e3:
-        lo, hi = hi, hi * 2
+def _sharpen_to_cv(log_weights: np.ndarray, k: int, cv) -> np.ndarray:
+    """Water-filled inclusion probabilities of ``exp(tau * log_weights)``, tau chosen per row so their CV
+    is ``cv`` (rows of ``log_weights`` [..., E], ``cv`` a float or one per row)."""
+    return _sharpen(log_weights - log_weights.mean(axis=-1, keepdims=True), k, cv)
+
+
+@np.errstate(over="ignore")  # a CV near the largest possible drives tau up; exp saturates to inf, harmlessly
+def _sharpen(centred: np.ndarray, k: int, cv) -> np.ndarray:
+    cv = np.broadcast_to(np.asarray(cv, np.float64), centred.shape[:-1])
+    lo, hi = np.zeros(cv.shape), np.ones(cv.shape)
+    while np.any(grow := (_cv(_water_fill(np.exp(hi[..., None] * centred), k)) < cv) & (hi < 1e3)):
+        lo, hi = np.where(grow, hi, lo), np.where(grow, hi * 2, hi)
     for _ in range(50):
         mid = 0.5 * (lo + hi)
-        if _cv(_water_fill(np.exp(mid * centred), k)) < cv:
-            lo = mid
-        else:
-            hi = mid
-    return _water_fill(np.exp(hi * centred), k)
+        low = _cv(_water_fill(np.exp(mid[..., None] * centred), k)) < cv
+        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+    return _water_fill(np.exp(hi[..., None] * centred), k)
 
 
 def _domain_seed(domain: str) -> int:
@@ -123,8 +155,6 @@ def _domain_seed(domain: str) -> int:
 
 
 def _calibrated_targets(key: str, domain: str, spec: ModelSpec, perms: np.ndarray) -> np.ndarray | None:
-    from specmd_env import calibration
-
     counts = calibration.expert_counts().get(key, {}).get(domain, {}).get("top_k")
     if not counts or any(str(a) not in counts for a in _ANCHORS):
         return None
@@ -148,16 +178,60 @@ def _calibrated_targets(key: str, domain: str, spec: ModelSpec, perms: np.ndarra
     return out
 
 
-def _parametric_targets(spec: ModelSpec, domain: str, structure_seed: int, cv_range, rho_range) -> np.ndarray:
+def _parametric_targets(spec: ModelSpec, domains, structure_seed: int, cv_range, rho_range) -> np.ndarray:
+    """[D, L, E] targets: log-weights ``sqrt(1-rho^2) z_shared + rho z_domain``, sharpened to the CV range."""
     L, E, k = spec.num_layers, spec.num_experts, spec.top_k
     shared = np.random.default_rng([structure_seed, 1]).standard_normal((L, E))
-    own = np.random.default_rng([structure_seed, 2, _domain_seed(domain)]).standard_normal((L, E))
+    own = np.stack([np.random.default_rng([structure_seed, 2, _domain_seed(d)]).standard_normal((L, E))
+                    for d in domains])
     depth = np.arange(L) / max(L - 1, 1)
     rho = rho_range[0] + (rho_range[1] - rho_range[0]) * depth
     cv = cv_range[0] + (cv_range[1] - cv_range[0]) * depth
     mix = np.sqrt(1 - rho[:, None] ** 2) * shared + rho[:, None] * own
     max_cv = np.sqrt(E / k - 1)  # k experts at probability 1, the rest 0
-    return np.stack([_sharpen_to_cv(mix[l], k, min(cv[l], 0.95 * max_cv)) for l in range(L)])
+    return _sharpen_to_cv(mix, k, np.minimum(cv, 0.95 * max_cv))
+
+
+def _activation_sd(targets: np.ndarray) -> float:
+    """Standard deviation over all layers' experts of the percentage of tokens choosing each, the domains
+    of ``targets`` [D, L, E] mixed in equal parts (Liang et al.'s "LB")."""
+    return 100.0 * float(targets.mean(axis=0).std())
+
+
+def _fit_deep_layers(targets: np.ndarray, k: int, target_sd: float) -> tuple[float, np.ndarray]:
+    """(scale, targets) with the layers past the last AllenAI anchor (which reuse its profile, permuted)
+    flattened or sharpened to the anchor's CV times one ``scale``, chosen so that ``_activation_sd`` is
+    ``target_sd``: AllenAI's counts stop at layer 15, the published spread covers every layer."""
+    last = _ANCHORS[-1]
+    deep = np.log(targets[:, last + 1:])
+    anchor_cv = _cv(targets[:, last])[:, None]   # [D, 1]
+
+    def scaled(scale: float) -> np.ndarray:
+        out = targets.copy()
+        out[:, last + 1:] = _sharpen_to_cv(deep, k, np.broadcast_to(scale * anchor_cv, deep.shape[:-1]))
+        return out
+
+    top = 0.95 * np.sqrt(targets.shape[2] / k - 1) / float(anchor_cv.max())   # below the largest CV
+    def excess(scale: float) -> float:
+        return _activation_sd(scaled(scale)) - target_sd
+
+    if excess(0.0) >= 0:
+        scale = 0.0
+    else:
+        scale = top if excess(top) <= 0 else brentq(excess, 0.0, top, xtol=1e-4)
+    return scale, scaled(scale)
+
+
+def _fit_cv_range(spec: ModelSpec, domains, structure_seed: int, rho_range, target_sd: float) -> tuple[float, float]:
+    """``DEFAULT_CV_RANGE`` scaled so that the standard deviation of all experts' activation frequencies
+    (percent of tokens, every layer, the domains mixed in equal parts) is ``target_sd``."""
+    def excess(scale: float) -> float:
+        cv_range = (DEFAULT_CV_RANGE[0] * scale, DEFAULT_CV_RANGE[1] * scale)
+        return _activation_sd(_parametric_targets(spec, domains, structure_seed, cv_range, rho_range)) - target_sd
+
+    top = 0.95 * np.sqrt(spec.num_experts / spec.top_k - 1) / DEFAULT_CV_RANGE[1]  # below the largest CV
+    scale = top if excess(top) <= 0 else brentq(excess, 1e-3, top, xtol=1e-4)
+    return (round(DEFAULT_CV_RANGE[0] * scale, 4), round(DEFAULT_CV_RANGE[1] * scale, 4))
 
 
 # -- the process -----------------------------------------------------------------------------------
@@ -195,20 +269,44 @@ def _run_layers(prior_of_token, latent_of_layer, matrices, gamma_of_token, sigma
 
 @lru_cache(maxsize=32)
 def _structure(model_name: str, domains: tuple[str, ...], structure_seed: int, sigma: float, gamma_default: float,
-               persistence: float | None, target_overlap: float, cv_range: tuple, rho_range: tuple,
+               persistence: float | None, target_overlap: float, cv_range: tuple | None, rho_range: tuple,
                depth_gain: float) -> _Structure:
     spec = get_model(model_name)
     L, E, k = spec.num_layers, spec.num_experts, spec.top_k
     rng = np.random.default_rng([structure_seed, 0])
     perms = np.stack([rng.permutation(E) for _ in range(L)])
     matrices = rng.standard_normal((L, E, E)).astype(np.float32)
-    key = CALIBRATION_KEYS.get(spec.name)
-    targets, calibrated = [], []
-    for domain in domains:
-        t = _calibrated_targets(key, domain, spec, perms) if key else None
-        calibrated.append(t is not None)
-        targets.append(t if t is not None else
-                       _parametric_targets(spec, domain, structure_seed, cv_range, rho_range))
+    key = calibration.MODEL_KEYS.get(spec.name)
+    lrc = published.locality(spec.name)
+    calibrated_to, parametric = [], []
+    targets = [_calibrated_targets(key, domain, spec, perms) if key else None for domain in domains]
+    calibrated = [t is not None for t in targets]
+    if any(calibrated):
+        calibrated_to.append(f"per-expert popularity of {[d for d, c in zip(domains, calibrated) if c]}: AllenAI's "
+                             f"{spec.display_name} top-{k} counts at layers {list(_ANCHORS)} "
+                             "(specmd_env/data/calibration/allenai-olmoe)")
+    if any(calibrated) and lrc is not None and L > _ANCHORS[-1] + 1:
+        known = np.stack([t for t in targets if t is not None])
+        scale, known = _fit_deep_layers(known, k, lrc.figures["activation_freq_sd"])
+        fitted = iter(known)
+        targets = [next(fitted) if t is not None else None for t in targets]
+        calibrated_to.append(f"layers {_ANCHORS[-1] + 1}-{L - 1} of the same domains (past AllenAI's last layer): "
+                             f"layer {_ANCHORS[-1]}'s profile, permuted, its CV times {scale:.3f} so that the "
+                             f"activation-frequency SD over all experts is {lrc.figures['activation_freq_sd']}% "
+                             f"({lrc.source}, Table 2)")
+    loose = [d for d, c in zip(domains, calibrated) if not c]
+    if loose:
+        if cv_range is None and lrc is not None:
+            cv_range = _fit_cv_range(spec, loose, structure_seed, rho_range, lrc.figures["activation_freq_sd"])
+            calibrated_to.append(f"spread of popularity of {loose}: activation-frequency SD "
+                                 f"{lrc.figures['activation_freq_sd']}% over all experts ({lrc.source}, Table 2); "
+                                 f"load CV range {list(cv_range)} from the first to the last layer")
+        cv_range = cv_range or DEFAULT_CV_RANGE
+        parametric.append(f"which experts of {loose} are popular, the per-layer load profile (CV {list(cv_range)}) "
+                          f"and the domain-specific share ({list(rho_range)}): no per-expert data for them")
+        fitted = iter(_parametric_targets(spec, loose, structure_seed, cv_range, rho_range))
+        targets = [t if t is not None else next(fitted) for t in targets]
+    parametric.append("the cross-layer correlation and the speculative-score noise")
     target = np.stack(targets)  # [D, L, E]
 
     # Fit the log-priors so that the whole process (with its cross-layer term) has the target marginals.
@@ -229,15 +327,135 @@ def _structure(model_name: str, domains: tuple[str, ...], structure_seed: int, s
         prior += step_size * np.clip(log_target - np.log(np.clip(freq, 1e-4, 1.0)), -2, 2).astype(np.float32)
         prior -= prior.mean(axis=2, keepdims=True)
 
-    phi = np.empty(len(domains))
-    for d in range(len(domains)):
-        if persistence is not None:
-            phi[d] = persistence
-        elif calibrated[d] and key == "olmoe":
+    process = _Process(prior, gamma, matrices, sigma, k, structure_seed)
+    phi, anchors, unfitted = np.full((D, L), DEFAULT_PERSISTENCE), (), []
+    table = published.repetition(spec.name)
+    if persistence is not None:
+        phi[:] = persistence
+        parametric.append(f"persistence {persistence} (given)")
+    elif key == "olmoe":
+        for d in np.flatnonzero(calibrated):
             phi[d] = _fit_persistence(prior[d, 0], sigma, k, target_overlap, structure_seed)
+        if any(calibrated):
+            calibrated_to.append(f"persistence of {[d for d, c in zip(domains, calibrated) if c]}: consecutive "
+                                 f"prompt tokens share {target_overlap} of {k} experts at layer 0 (published "
+                                 "OLMoE figure)")
+        unfitted = loose
+    elif table is not None:
+        phi, anchors = _fit_repetition(process, domains, table, L)
+        matched = {d: table.for_domain(d)[0] for d in domains}
+        calibrated_to.append(f"persistence per domain and layer: consecutive-token expert repetition at layers "
+                             f"{list(anchors)} ({table.source}; compared domains {matched})")
+    elif lrc is not None:
+        phi[:] = _fit_segment_persistence(process, D, L, lrc)
+        calibrated_to.append(f"persistence: segment routing best performance SRP(m=16) = "
+                             f"{100 * lrc.figures['srp_m16']:.2f}% over {lrc.sequence_tokens}-token sequences "
+                             f"({lrc.source}, Table 2)")
+    else:
+        unfitted = list(domains)
+    if unfitted:
+        parametric.append(f"persistence {DEFAULT_PERSISTENCE} of {unfitted} (no published locality figure)")
+    return _Structure(prior=prior, gamma=gamma, target=target, phi=phi, matrices=matrices, calibrated=tuple(calibrated),
+                      cv_range=tuple(cv_range or DEFAULT_CV_RANGE), phi_anchors=anchors,
+                      calibrated_to=tuple(calibrated_to), parametric=tuple(parametric))
+
+
+@dataclass(frozen=True)
+class _Process:
+    """The fitted router process, for simulating samples while persistence is fitted."""
+
+    prior: np.ndarray
+    gamma: np.ndarray
+    matrices: np.ndarray
+    sigma: float
+    k: int
+    seed: int
+
+    def run(self, dom_of_seq: np.ndarray, tokens: int, phi: np.ndarray, num_layers: int):
+        """Yield (layer, ids [R, tokens, k]) for R sequences (domain indices ``dom_of_seq``) with AR(1)
+        coefficients ``phi[domain, layer]``; the noise is fixed per layer, so fits compare like with like."""
+        R, E = len(dom_of_seq), self.prior.shape[2]
+        dom_tok = np.repeat(dom_of_seq, tokens)
+
+        def latent(layer: int) -> np.ndarray:
+            u = np.random.default_rng([self.seed, 5, layer]).standard_normal((R, tokens, E), dtype=np.float32)
+            for f in np.unique(phi[dom_of_seq, layer]):
+                rows = phi[dom_of_seq, layer] == f
+                c = np.sqrt(1 - f * f)  # u_t = f u_{t-1} + c eps_t with u_0 = eps_0 (stationary start)
+                u[rows] = lfilter([c], [1.0, -f], u[rows], axis=1, zi=(1 - c) * u[rows][:, :1])[0]
+            return u.reshape(R * tokens, E)
+
+        for layer, _, ids, _ in _run_layers(lambda l: self.prior[dom_tok, l], latent, self.matrices,
+                                            lambda l: self.gamma[dom_tok, l][:, None], self.sigma, self.k,
+                                            num_layers):
+            yield layer, ids.reshape(R, tokens, self.k)
+
+
+def _fit_repetition(process: _Process, domains, table: published.Repetition, num_layers: int):
+    """Per-domain phi at each published layer (linear in between, constant beyond) such that the
+    consecutive-token repetition there matches the table: the root of ``first / first_target +
+    any / any_target - 2`` (signed relative errors summing to zero), found by bisection layer after layer
+    on the whole process, since the cross-layer term carries persistence from the layers below."""
+    anchors = tuple(a for a in table.layers if a < num_layers)
+    D = len(domains)
+    rows = [table.for_domain(d)[1] for d in domains]
+    goal = np.array([[[row[f"repeat_first_L{a}"], row[f"repeat_any_L{a}"]] for a in anchors] for row in rows])
+    per_domain, tokens = _REPETITION_FIT
+    dom_of_seq = np.repeat(np.arange(D), per_domain)
+    phi = np.zeros((D, num_layers))
+
+    def with_anchor(i: int, value: np.ndarray) -> np.ndarray:
+        out = phi.copy()
+        a = anchors[i]
+        if i == 0:
+            out[:, :a + 1] = value[:, None]
         else:
-            phi[d] = 0.6
-    return _Structure(prior=prior, gamma=gamma, target=target, phi=phi, matrices=matrices, calibrated=tuple(calibrated))
+            b = anchors[i - 1]
+            w = (np.arange(b, a + 1) - b) / (a - b)
+            out[:, b:a + 1] = (1 - w) * phi[:, b:b + 1] + w * value[:, None]
+        out[:, a + 1:] = value[:, None]
+        return out
+
+    def excess(i: int, value: np.ndarray) -> np.ndarray:
+        ids = None
+        for _, ids in process.run(dom_of_seq, tokens, with_anchor(i, value), anchors[i] + 1):
+            pass
+        prev, cur = ids[:, :-1], ids[:, 1:]
+        first = first_choice_same(prev, cur).reshape(D, -1).mean(axis=1)
+        any_ = (shared_experts(prev, cur) >= 1).reshape(D, -1).mean(axis=1)
+        return first / goal[:, i, 0] + any_ / goal[:, i, 1] - 2.0
+
+    for i in range(len(anchors)):
+        lo, hi = np.zeros(D), np.full(D, 0.995)
+        floor = excess(i, lo) >= 0
+        for _ in range(12):
+            mid = 0.5 * (lo + hi)
+            low = excess(i, mid) < 0
+            lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+        phi = with_anchor(i, np.where(floor, 0.0, 0.5 * (lo + hi)))
+    return phi, anchors
+
+
+def _fit_segment_persistence(process: _Process, num_domains: int, num_layers: int, lrc: published.Locality) -> float:
+    """One phi for all layers and domains giving the published SRP(m=16) on sequences as long as the
+    paper's (the domains mixed in equal parts)."""
+    dom_of_seq = np.arange(max(num_domains, 4)) % num_domains
+    tokens, segment = lrc.sequence_tokens, 16
+
+    @cache
+    def excess(value: float) -> float:
+        hist = np.zeros(segment + 1, np.int64)
+        phi = np.full((num_domains, num_layers), value)
+        for _, ids in process.run(dom_of_seq, tokens, phi, num_layers):
+            hist += segment_histogram(ids.transpose(1, 0, 2), process.prior.shape[2], segment)  # sequences as layers
+        return srp_from_histogram(hist) - lrc.figures["srp_m16"]
+
+    lo, hi = 0.0, 0.99
+    if excess(lo) >= 0:
+        return lo
+    if excess(hi) <= 0:
+        return hi
+    return float(brentq(excess, lo, hi, xtol=2e-3))
 
 
 def _fit_persistence(prior0: np.ndarray, sigma: float, k: int, target: float, structure_seed: int) -> float:
@@ -254,7 +472,7 @@ def _fit_persistence(prior0: np.ndarray, sigma: float, k: int, target: float, st
         for p in range(1, P):
             u = phi * u + c * eps[p]
             ids = _topk(prior0 + sigma * u, k)[0]
-            total += _overlap_rows(prev, ids).mean()
+            total += shared_experts(prev, ids).mean()
             prev = ids
         return total / (P - 1)
 
@@ -270,11 +488,6 @@ def _fit_persistence(prior0: np.ndarray, sigma: float, k: int, target: float, st
     return 0.5 * (lo + hi)
 
 
-def _overlap_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Number of shared ids between rows of a and b ([N, k] each, no repeats within a row)."""
-    return (a[:, :, None] == b[:, None, :]).sum(axis=(1, 2))
-
-
 # -- spec scores -----------------------------------------------------------------------------------
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -287,7 +500,7 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def _topk_set_accuracy(scores: np.ndarray, true_ids: np.ndarray, k: int) -> float:
     E = scores.shape[1]
     pred = np.argpartition(scores, E - k, axis=1)[:, -k:]
-    return float(_overlap_rows(pred, true_ids).mean() / k)
+    return float(shared_experts(pred, true_ids).mean() / k)
 
 
 def _quantise(probs: np.ndarray, quantum: float | None) -> np.ndarray:
@@ -354,7 +567,7 @@ def iter_generate(model: str | ModelSpec = "olmoe-1b-7b", *, domains: Sequence[s
                   noise_scale: float = 1.0, crosslayer_strength: float = 1.0, crosslayer_depth_gain: float = 1.5,
                   persistence: float | None = None,
                   target_overlap_l0: float = 2.55, decode_persistence_boost: float = 0.0,
-                  cv_range: tuple[float, float] = (0.6, 0.9), rho_range: tuple[float, float] = (0.3, 0.8),
+                  cv_range: tuple[float, float] | None = None, rho_range: tuple[float, float] = (0.3, 0.8),
                   spec_quantum: float | None = None, chunk_tokens: int | None = None) -> Iterator[Trace]:
     """Generate a synthetic trace as a sequence of chunk traces (each holds whole requests, in order).
 
@@ -363,14 +576,16 @@ def iter_generate(model: str | ModelSpec = "olmoe-1b-7b", *, domains: Sequence[s
 
     ``prompt_len`` / ``decode_len``: an int or an inclusive ``(min, max)`` range drawn per request.
     ``spec_accuracy``: the top-k accuracy of the speculative scores (published predictors: ~0.55-0.97).
-    ``persistence``: AR(1) coefficient of the latent along tokens; None = fitted per domain for OLMoE to
-    ``target_overlap_l0`` shared experts between consecutive tokens at layer 0, else 0.6.
+    ``persistence``: AR(1) coefficient of the latent along tokens; None = fitted to the published figures
+    of the model (OLMoE: ``target_overlap_l0`` shared experts between consecutive tokens at layer 0;
+    Mixtral: repetition by layer and domain; models Liang et al. measured: SRP(m=16)), else 0.6.
     ``crosslayer_strength``: weight of the previous layer's choice in the next layer's logits at layer 1;
     it grows linearly to ``crosslayer_strength * (1 + crosslayer_depth_gain)`` at the last layer.
     ``spec_quantum``: round spec-score probabilities to multiples of this (e.g. 2**-10) so compressed files
     stay small; the accuracy is fitted on the rounded values. None keeps full float16 precision.
     ``cv_range`` / ``rho_range``: load CV and domain-specific share at the first/last layer, used only
-    where no AllenAI counts calibrate the model and domain.
+    where no AllenAI counts calibrate the model and domain; ``cv_range=None`` scales ``DEFAULT_CV_RANGE``
+    to the model's published activation-frequency spread where there is one, else uses it as is.
     """
     spec = get_model(model)
     domains = tuple(domains)
@@ -379,7 +594,8 @@ def iter_generate(model: str | ModelSpec = "olmoe-1b-7b", *, domains: Sequence[s
     L, E, k = spec.num_layers, spec.num_experts, spec.top_k
     structure = _structure(spec.name, domains, int(structure_seed), float(noise_scale), float(crosslayer_strength),
                            None if persistence is None else float(persistence), float(target_overlap_l0),
-                           tuple(map(float, cv_range)), tuple(map(float, rho_range)), float(crosslayer_depth_gain))
+                           None if cv_range is None else tuple(map(float, cv_range)), tuple(map(float, rho_range)),
+                           float(crosslayer_depth_gain))
     n_req = len(domains) * requests_per_domain
     len_rng = np.random.default_rng([seed, 1 << 30])
     prompts = np.maximum(_lengths(prompt_len, n_req, len_rng, "prompt_len"), 1)
@@ -417,8 +633,8 @@ def _generate_chunk(spec, structure, requests, prompts, totals, dom_of_req, seed
     for j, r in enumerate(reqs):
         rng = np.random.default_rng([seed, r])
         eps = rng.standard_normal((L, int(lengths[j]), E), dtype=np.float32)
-        phi = np.full(int(lengths[j]), structure.phi[dom_of_req[r]], np.float32)
-        phi[int(prompts[r]):] = np.minimum(phi[int(prompts[r]):] + decode_boost, 0.995)
+        phi = np.repeat(structure.phi[dom_of_req[r]][None, :, None].astype(np.float32), int(lengths[j]), axis=0)
+        phi[int(prompts[r]):] = np.minimum(phi[int(prompts[r]):] + decode_boost, 0.995)  # [tokens, L, 1]
         c = np.sqrt(1 - phi * phi)
         x = eps[:, 0]
         out = latent[:, offsets[j]:offsets[j + 1]]
@@ -459,22 +675,21 @@ def _meta(spec, domains, dom_of_req, seed, spec_accuracy, with_spec, structure, 
                                             "rho_range", "spec_quantum")}
     params = json.loads(json.dumps(params, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     params["spec_accuracy"] = spec_accuracy if with_spec else None
-    params["fitted_persistence"] = {d: round(float(p), 4) for d, p in zip(domains, structure.phi)}
-    calibrated = [d for d, c in zip(domains, structure.calibrated) if c]
+    params["fitted_persistence"] = {
+        d: ({f"L{a}": round(float(phi[a]), 4) for a in structure.phi_anchors} if structure.phi_anchors
+            else round(float(phi[0]), 4)) for d, phi in zip(domains, structure.phi)}
     source = (f"specmd_env.generator v{GENERATOR_VERSION}, seed={seed}, "
               + ", ".join(f"{k}={v}" for k, v in params.items() if k != "fitted_persistence"))
-    if calibrated:
-        how = (f"per-expert popularity of domains {calibrated} fitted to AllenAI's published "
-               f"{CALIBRATION_KEYS[spec.name]} routing counts (layers 0, 7, 15)")
-    else:
-        how = "parametric popularity (no AllenAI counts for this model/domains)"
+    fitted = "; ".join(structure.calibrated_to) or "nothing (all parametric)"
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "model": spec.name, "num_layers": spec.num_layers,
         "num_experts": spec.num_experts, "top_k": spec.top_k, "kind": "synthetic", "source": source,
         "licence": LICENCE,
         "description": (f"SYNTHETIC routing trace for {spec.display_name} (no model was run): a Gaussian-latent "
-                        f"router process with token-to-token reuse and cross-layer correlation; {how}. "
-                        "Not a recording of real routing."),
+                        f"router process with token-to-token reuse and cross-layer correlation, calibrated to "
+                        f"{fitted}. Not a recording of real routing."),
+        "calibrated_to": list(structure.calibrated_to),
+        "parametric": list(structure.parametric),
         "generator": {"name": "specmd_env.generator", "version": GENERATOR_VERSION, "seed": seed, **params},
         "domains": [domains[d] for d in dom_of_req],
     }

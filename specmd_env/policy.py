@@ -379,6 +379,32 @@ def lowest(v, lo, hi, key):
     return best
 
 
+@njit(cache=True, inline="always")
+def best_scored(v, base, target_layer, max_count, mass):
+    """Write to ``proposals`` the experts of ``target_layer`` with the highest scores ``v.spec[base:base +
+    E]``, best first (ties to the lower id), until ``max_count`` (-1: no cap) are taken or they cover
+    ``mass`` (the first one always goes); return how many. Repeated selection: cheap for the few taken."""
+    E = v.num_experts
+    limit = E if max_count < 0 else min(max_count, E)
+    n, covered, last_score, last_x = 0, 0.0, np.inf, -1
+    while n < limit:
+        best = -1
+        for x in range(E):
+            score = v.spec[base + x]
+            after_last = score < last_score or (score == last_score and x > last_x)
+            if after_last and (best < 0 or score > v.spec[base + best]):
+                best = x
+        if best < 0:
+            break
+        v.proposals[n] = target_layer * E + best
+        n += 1
+        last_score, last_x = v.spec[base + best], best
+        covered += last_score
+        if covered >= mass:
+            break
+    return n
+
+
 def proposal_capacity(num_layers: int, num_experts: int) -> int:
     """How many objects a prefetcher's ``propose`` may write (every expert of every layer)."""
     return num_layers * num_experts
@@ -392,4 +418,4 @@ def work_size(num_layers: int, num_experts: int) -> int:
 __all__ = ["njit_policy", "BY_INSERT", "BY_TOUCH", "BY_USE", "DEMAND", "EVENTS", "HOOK_SIGNATURE", "NEVER", "PREFETCH", "View",
            "hook", "is_candidate", "layer_ahead", "list_clear", "list_first_candidate", "list_push", "list_remove",
            "list_size", "list_to_tail", "next_turn", "next_use", "next_use_of", "oldest", "prefetch_view",
-           "decision_scope", "event_at", "event_experts", "is_decode", "pass_is_decode", "pass_starts_sequence", "passes_into_request", "predicted_scores", "layer_of_object", "lowest", "oldest_where", "rand_below", "scope_of", "spec_score", "cache_view"]
+           "best_scored", "decision_scope", "event_at", "event_experts", "is_decode", "pass_is_decode", "pass_starts_sequence", "passes_into_request", "predicted_scores", "layer_of_object", "lowest", "oldest_where", "rand_below", "scope_of", "spec_score", "cache_view"]

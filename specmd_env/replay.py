@@ -27,12 +27,14 @@ from specmd_env.result import Result
 from specmd_env.schedule import PassPlan, build_chunk, plan_passes
 from specmd_env.trace import Trace
 
-SCOPES = ("global", "per-layer")
+SCOPES = ("global", "per-layer", "adapmoe")   # or a list of per-layer sizes
+GATINGS = ("none", "adaptive")
 MODES = ("event", "per-access")
 MISS_HANDLERS = {"fetch": K.MISS_FETCH, "drop": K.MISS_DROP, "low-precision": K.MISS_LOWBIT,
                  "cascade": K.MISS_CASCADE, "substitute": K.MISS_SUBSTITUTE, "cpu": K.MISS_CPU}
 MISS_HANDLING = tuple(MISS_HANDLERS)
-COPY_ENGINES = {"fifo": K.ENGINE_FIFO, "demand-first": K.ENGINE_DEMAND_FIRST, "preempt": K.ENGINE_PREEMPT}
+COPY_ENGINES = {"fifo": K.ENGINE_FIFO, "demand-first": K.ENGINE_DEMAND_FIRST, "preempt": K.ENGINE_PREEMPT,
+                "separate": K.ENGINE_SEPARATE}
 EVICT_AT = {"issue": K.EVICT_AT_ISSUE, "start": K.EVICT_AT_START}
 EXTERNAL = "external"
 DECISIONS = ("eviction", "prefetch")
@@ -65,7 +67,7 @@ class Replay:
                  batch_size: int = 1, scope: str = "global", mode: str = "event", miss: str = "fetch",
                  prefetch_mass: float = 0.8, prefetch_max: int | None = None, prefetch_budget="engine",
                  copy_engine: str = "demand-first", copy_engines: int | None = None, preempt_chunks: int = 3,
-                 evict_at: str = "issue", low_bits: int = 4, cascade: tuple = (0.6, 0.9),
+                 evict_at: str = "issue", low_bits: int = 4, cascade: tuple = (0.6, 0.9), gating: str = "none",
                  seed: int = 0, requests=None, decide: tuple = (), observe: bool = False):
         if not isinstance(trace, Trace):
             raise SpecMDError(f"trace must be a specmd_env.Trace (see specmd_env.load_trace), got {type(trace).__name__}")
@@ -84,12 +86,24 @@ class Replay:
         if self.lookahead >= L:
             raise SpecMDError(f"lookahead must be below the layer count {L}, got {lookahead}")
         self.batch_size = _positive_int("batch_size", batch_size)
-        self.scope = _choice("scope", scope, SCOPES)
+        self.scope = scope if isinstance(scope, (list, tuple, np.ndarray)) else _choice("scope", scope, SCOPES)
+        self.gating = _choice("gating", gating, GATINGS)
+        self._gating_sensitivity = None
+        if self.gating == "adaptive":
+            from specmd_env.adapmoe import sensitivities
+            self._gating_sensitivity = sensitivities(self.model)
+            if trace.gate_weights is None:
+                raise SpecMDError("gating='adaptive' reads gate weights, but this trace has none")
         self.mode = _choice("mode", mode, MODES)
         self.miss = _choice("miss", miss, MISS_HANDLING)
         self.copy_engine = _choice("copy_engine", copy_engine, tuple(COPY_ENGINES))
         self.copy_engines = (self.hardware.copy_engines_for_h2d if copy_engines is None
                              else _positive_int("copy_engines", copy_engines))
+        if self.copy_engine == "separate":
+            if copy_engines not in (None, 2):
+                raise SpecMDError("copy_engine='separate' has its own two channels (demand, prefetch); leave "
+                                  f"copy_engines unset, got {copy_engines!r}")
+            self.copy_engines = 2
         self.preempt_chunks = _positive_int("preempt_chunks", preempt_chunks)
         self.evict_at = _choice("evict_at", evict_at, tuple(EVICT_AT))
         if isinstance(low_bits, bool) or low_bits not in (2, 3, 4, 8):
@@ -107,9 +121,7 @@ class Replay:
         unknown = set(decide) - set(DECISIONS)
         if unknown:
             raise SpecMDError(f"decide may hold {DECISIONS}, got {sorted(unknown)}")
-        if self.scope == "per-layer" and self.capacity < L:
-            raise SpecMDError(f"scope='per-layer' needs at least one slot per layer: capacity {capacity!r} gives "
-                              f"{self.capacity} slots for {L} layers")
+        self.layer_sizes = self._layer_sizes(capacity)
         budget = -1 if prefetch_budget == "engine" else _positive_int("prefetch_budget", prefetch_budget, minimum=0)
         self.seed = _positive_int("seed", seed, minimum=0)
 
@@ -170,10 +182,35 @@ class Replay:
         self._next_chunk()
         start_replay(self.tab)
 
+    def _layer_sizes(self, capacity) -> list[int] | None:
+        """Slots per layer for a per-layer scope (None: one shared cache)."""
+        L, C = self.model.num_layers, self.capacity
+        if isinstance(self.scope, str) and self.scope == "global":
+            return None
+        if isinstance(self.scope, str) and self.scope == "per-layer":
+            if C < L:
+                raise SpecMDError(f"scope='per-layer' needs at least one slot per layer: capacity {capacity!r} "
+                                  f"gives {C} slots for {L} layers")
+            return [C // L + (layer < C % L) for layer in range(L)]  # every slot used
+        if isinstance(self.scope, str):  # adapmoe: the DP on the trace's train split
+            from specmd_env.adapmoe import layer_sizes, measured_rates
+            from specmd_env.envs.cache_env import split_requests
+            accuracy, drop_share = measured_rates(self.trace, split_requests(self.trace, "train"),
+                                                  self.gating == "adaptive")
+            if C < L:
+                raise SpecMDError(f"scope='adapmoe' needs at least one slot per layer: {C} slots for {L} layers")
+            return layer_sizes(C, self.model.num_experts, self.model.top_k, accuracy, drop_share)
+        sizes = list(self.scope)
+        if len(sizes) != L or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes) \
+                or sum(sizes) > C:
+            raise SpecMDError(f"scope as per-layer sizes must list {L} integers >= 1 summing to at most the "
+                              f"{C} slots, got {shorten(sizes)}")
+        return [int(s) for s in sizes]
+
     # -- state --------------------------------------------------------------------------------------
     def _build_state(self, budget: int, external_eviction: bool, external_prefetch: bool) -> None:
         L, E, C = self.model.num_layers, self.model.num_experts, self.capacity
-        scopes = scope_bounds(C, L, self.scope == "per-layer")
+        scopes = scope_bounds(C, L, False if self.layer_sizes is None else self.layer_sizes)
         S = scopes.shape[1]
         pol_i, pol_f = (self.policy.new_state(C, L, E, S) if self.policy is not None
                         else (np.zeros(0, np.int64), np.zeros(0, np.float64)))
@@ -233,12 +270,14 @@ class Replay:
         cfg[K.C_ORDERS] = self.observe or (self.policy is not None and self.policy.needs_orders)
         cfg[K.C_NEXT_USE] = self.needs_next_use
         cfg[K.C_SHIFT] = int(np.log2(E)) if E & (E - 1) == 0 else -1
-        # concurrent copies share the host link: each of N engines moves at 1/N of its bandwidth
+        # concurrent copies share the host link: each of N engines moves at 1/N of its bandwidth (the
+        # unphysical 'separate' channel excepted: each of its two runs at full bandwidth)
         hw, model, f = self.hardware, self.model, self.cfg_f
+        share = 1 if self.copy_engine == "separate" else self.copy_engines
         f[K.F_XFER] = hw.transfer_latency_us * 1e-6 + (hw.transfer_seconds(model.expert_bytes)
-                                                      - hw.transfer_latency_us * 1e-6) * self.copy_engines
+                                                      - hw.transfer_latency_us * 1e-6) * share
         f[K.F_XFER_LOW] = hw.transfer_latency_us * 1e-6 + (hw.expert_transfer_seconds(model, bits=self.low_bits)
-                                                          - hw.transfer_latency_us * 1e-6) * self.copy_engines
+                                                          - hw.transfer_latency_us * 1e-6) * share
         f[K.F_CHUNK] = f[K.F_XFER] / self.preempt_chunks
         f[K.F_EXPERT_PER_TOKEN], f[K.F_EXPERT_MIN] = hw.expert_roofline(model)
         f[K.F_CASCADE_FULL], f[K.F_CASCADE_LOW] = self.cascade
@@ -249,7 +288,7 @@ class Replay:
         mixed = (self.seed * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & (2**64 - 1)
         self.ist[K.I_RNG] = np.array(mixed or 1, dtype=np.uint64).view(np.int64)
         self.ist[K.I_PASS] = -1
-        self.ist[K.I_ACTION] = -1
+        self.ist[K.I_ACTION] = K.NO_ACTION
         self.slot_i[K.SL_OBJ] = -1
         self.slot_f[K.SL_FREE_AT] = -np.inf
         self.obj_i[K.OB_SLOT] = -1
@@ -274,11 +313,13 @@ class Replay:
             return False
         p0, p1 = bounds
         c = self.chunk = build_chunk(self.trace, self.plan, p0, p1, self.model, self.hardware,
-                                     with_spec=self.with_spec, with_next_use=self.needs_next_use)
-        self.pf_ptr, self.pf_obj = self.prefetcher.candidates(c, self.lookahead)
+                                     with_spec=self.with_spec, with_next_use=self.needs_next_use,
+                                     gating_sensitivity=self._gating_sensitivity)
+        self.met[K.M_MASS] += c.gated_mass
+        self.met[K.M_MASS_DROPPED] += c.gated_mass
         # kept alive here while the kernel reads them through the argument table
         self._chunk_arrays = (c.ev_ptr, c.ev_obj, c.ev_count, c.ev_pass, c.ev_dense, c.ev_est, c.ev_mass,
-                              self.pf_ptr, self.pf_obj, c.occ_ptr, c.occ_pos,
+                              c.occ_ptr, c.occ_pos,
                               _NO_SCORES if c.spec is None else c.spec.reshape(-1),
                               self.plan.pass_kind[p0:p1], self._progress[p0:p1], self._pass_ready[p0:p1])
         self.si[K.H_P0], self.si[K.H_P1] = p0, p1
@@ -293,6 +334,8 @@ class Replay:
         """Replay until a decision is due (True: see :attr:`pending_kind`) or the trace ends (False)."""
         while not self.done:
             status = K.advance(self.tab.ctypes.data)
+            if status == K.BAD_VICTIM and self.ist[K.I_ACTION] == K.NO_ACTION:
+                raise SpecMDError("the replay was advanced without an answer to the pending decision: call decide()")
             if status == K.BAD_VICTIM:
                 raise SpecMDError(
                     f"eviction policy {self.eviction_label!r} answered slot {int(self.ist[K.I_ACTION])}, which it may "
@@ -384,9 +427,13 @@ class Replay:
         return mask
 
     def decide(self, slot: int) -> None:
-        """Answer the pending decision with the slot to evict."""
+        """Answer the pending decision with the slot to evict, or -1: do not cache the expert (a demand
+        miss is then served from a staging buffer; a prefetch is skipped)."""
         if self.pending_kind not in ("demand", "prefetch"):
             raise SpecMDError(f"no eviction decision is pending (pending: {self.pending_kind})")
+        if not isinstance(slot, bool) and isinstance(slot, (int, np.integer)) and slot == -1:
+            self.ist[K.I_ACTION] = -1
+            return
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.capacity \
                 or not self.candidate_mask()[slot]:
             raise SpecMDError(f"slot {slot!r} may not be evicted now (pinned by the layer computing, in flight, "

@@ -128,6 +128,7 @@ class Chunk:
     ev_dense: np.ndarray
     ev_est: np.ndarray
     ev_mass: np.ndarray          # per access: the summed gate weight of its tokens (uniform 1/k if unknown)
+    gated_mass: float            # gate mass of the experts adaptive gating dropped from these passes
     spec: np.ndarray | None      # [passes, L-1, E] mean speculative next-layer scores, if the trace has them
     occ_ptr: np.ndarray
     occ_pos: np.ndarray
@@ -168,6 +169,8 @@ def _layer_events(ids, gates, ntok, num_experts):
             for t in range(t0, t0 + ntok[p]):
                 for r in range(top_k):
                     x = ids[t, layer, r]
+                    if x < 0:  # dropped by adaptive gating
+                        continue
                     w = np.float32(1.0 / top_k) if uniform else gates[t, layer, r]
                     if stamp[x] != e:
                         stamp[x] = e
@@ -197,7 +200,7 @@ def _event_estimates(ev_ptr, ev_count, per_count, ev_dense):
 
 
 def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec, hardware: HardwareProfile,
-                *, with_spec: bool, with_next_use: bool) -> Chunk:
+                *, with_spec: bool, with_next_use: bool, gating_sensitivity: np.ndarray | None = None) -> Chunk:
     L, E = model.num_layers, model.num_experts
     t0, t1 = plan.pass_ptr[p0], plan.pass_ptr[p1]
     tokens = plan.pass_tok[t0:t1]
@@ -207,6 +210,14 @@ def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec
     ids = np.asarray(trace.expert_ids[rows])
     gates = np.zeros((0, L, model.top_k), np.float32) if trace.gate_weights is None else \
         np.asarray(trace.gate_weights[rows], np.float32)
+    gated_mass = 0.0
+    if gating_sensitivity is not None:  # AdapMoE's adaptive gating drops some decode tokens' second expert
+        from specmd_env.adapmoe import dropped_second
+        decode = np.repeat(plan.pass_kind[p0:p1] == DECODE, ntok)
+        dropped = dropped_second(gates, decode, gating_sensitivity)
+        ids = ids.copy()
+        ids[:, :, 1][dropped] = -1
+        gated_mass = float(gates[:, :, 1][dropped].sum())
     ev_ptr, ev_obj, ev_count, ev_mass = _layer_events(ids, gates, ntok, E)
 
     kv_tokens = np.where(plan.pass_kind[p0:p1] == PREFILL, ntok, plan.pass_attended[p0:p1])
@@ -231,4 +242,4 @@ def build_chunk(trace: Trace, plan: PassPlan, p0: int, p1: int, model: ModelSpec
         np.cumsum(np.bincount(ev_obj, minlength=L * E), out=occ_ptr[1:])
     return Chunk(p0=p0, p1=p1, num_layers=L, num_experts=E, ev_ptr=ev_ptr, ev_obj=ev_obj, ev_count=ev_count,
                  ev_pass=np.repeat(np.arange(p0, p1, dtype=np.int32), L), ev_dense=ev_dense, ev_est=ev_est,
-                 ev_mass=ev_mass, spec=spec, occ_ptr=occ_ptr, occ_pos=occ_pos)
+                 ev_mass=ev_mass, gated_mass=gated_mass, spec=spec, occ_ptr=occ_ptr, occ_pos=occ_pos)

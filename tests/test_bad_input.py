@@ -149,7 +149,7 @@ def test_non_positive_bandwidth(field, value):
     (dict(lookahead=True), "lookahead must be an integer >= 1, got True"),
     (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
     (dict(batch_size="2"), "batch_size must be an integer >= 1, got '2'"),
-    (dict(scope="per-expert"), r"scope must be one of \('global', 'per-layer'\), got 'per-expert'"),
+    (dict(scope="per-expert"), r"scope must be one of \('global', 'per-layer', 'adapmoe'\), got 'per-expert'"),
     (dict(mode="batch"), r"mode must be one of \('event', 'per-access'\), got 'batch'"),
     (dict(miss="ignore"), r"miss must be one of \('fetch', 'drop', .*\), got 'ignore'"),
     (dict(seed=-3), "seed must be an integer >= 0, got -3"),

@@ -47,8 +47,10 @@ def test_spec_accuracy_hits_target(target):
 
 
 def test_domain_differences_grow_with_depth():
+    # persistence given: the fitted Qwen3 one (about 0.93) leaves 256 tokens per domain too few for this
+    # load comparison; the depth structure under test is the parametric popularity's, not persistence's
     trace = generate_trace(seed=2, model="qwen3", domains=("a", "b"), requests_per_domain=4, prompt_len=64,
-                           decode_len=0, with_spec_scores=False)
+                           decode_len=0, with_spec_scores=False, persistence=0.6)
     L, E = trace.num_layers, trace.num_experts
     dom = np.repeat([0 if d == "a" else 1 for d in trace.domains], np.diff(trace.request_offsets))
     def tv(layer):

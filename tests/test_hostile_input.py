@@ -273,6 +273,31 @@ def test_largest_allowed_shape(cap, tmp_path):
     check(cap, [["trace-stats", str(path)]], [None])
 
 
+def rotating_members(tokens: int, *, layers: int, experts: int, top_k: int, prompt: int = 1) -> dict:
+    """One request whose every token chooses the top_k experts after the previous token's (mod E): nothing
+    repeats for E / top_k tokens, so the segment cache of the locality pass evicts at every token."""
+    start = (np.arange(tokens, dtype=np.int64) * top_k)[:, None, None]
+    ids = ((start + np.arange(top_k)) % experts).astype(np.int16)
+    ids = np.broadcast_to(ids, (tokens, layers, top_k))
+    m = meta_bytes(model="tiny", num_layers=layers, num_experts=experts, top_k=top_k)
+    return {"meta_json.npy": npy(np.frombuffer(m, np.uint8)),
+            "request_offsets.npy": npy(np.array([0, tokens], np.int64)),
+            "prompt_lengths.npy": npy(np.array([prompt], np.int64)),
+            "expert_ids.npy": plain(npy(ids), DEFLATED)}
+
+
+@pytest.mark.parametrize("tokens, layers, experts, top_k", [
+    (1_000_000, 2, 64, 2),   # a million-token request: measured on its first 2^16 tokens
+    (128, 1024, 4096, 64),   # the largest shape: the token budget shrinks to 16 (2^26 cells)
+])
+def test_one_long_request_whose_cache_evicts(cap, tmp_path, tokens, layers, experts, top_k):
+    """The locality pass (SRP, SCH) reads one request at a time within a budget of tokens and cells, so a
+    single long request, whose segment cache evicts at every token, stays within time and memory."""
+    path = write_zip(tmp_path / "long.npz", rotating_members(tokens, layers=layers, experts=experts, top_k=top_k))
+    assert path.stat().st_size < 10 << 20
+    check(cap, [["trace-stats", str(path)]], [None])
+
+
 # -- the importer ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, message", [

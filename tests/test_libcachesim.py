@@ -76,7 +76,9 @@ def test_batched_stream_matches(qwen_small, tmp_path):
 
 
 def test_belady_needs_next_access(mixtral, tmp_path):
-    """Without next_access_vtime libCacheSim's Belady silently does worse than LRU: our writer fills it."""
+    """Without next_access_vtime libCacheSim's Belady silently degrades (every object looks never reused;
+    on some traces it falls below LRU, on this one it misses about twice as often as with it): our writer
+    fills it."""
     stream = access_stream(mixtral)
     blind = write_oracle_general(tmp_path / "blind.bin", stream, with_next_access=False)
     filled = write_oracle_general(tmp_path / "filled.bin", stream)
@@ -84,7 +86,7 @@ def test_belady_needs_next_access(mixtral, tmp_path):
     _, lru = libcachesim_misses(filled, "lru", n)
     _, belady_blind = libcachesim_misses(blind, "belady", n)
     _, belady = libcachesim_misses(filled, "belady", n)
-    assert belady < lru < belady_blind
+    assert belady < lru and 1.5 * belady < belady_blind
 
 
 def _bytes(trace):

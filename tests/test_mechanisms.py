@@ -1,6 +1,7 @@
 """Hand-worked timing for the mechanisms a researcher varies: the copy engine's order (fifo,
-demand-first with promotion, preemption at chunk boundaries), several engines sharing the link,
-eviction at the copy's start, and every miss handler (drop, low-precision, cascade, substitute, cpu).
+demand-first with promotion, preemption at chunk boundaries, an unphysical separate prefetch channel),
+several engines sharing the link, the engine's prefetch budget, eviction at the copy's start, and every
+miss handler (drop, low-precision, cascade, substitute, cpu).
 
 All cases run on :data:`SLOW` (a transfer takes X = 1 ms, an expert computes in C = 1 us, a layer's
 dense part is D = :func:`slow_dense`) with tiny models; objects are layer * E + expert. Every expected
@@ -55,6 +56,9 @@ def _engine_case(spec_layer1):
     # preempt, 3 chunks of X/3: prefetch 5 started at D + X; the router runs (D + C) later, inside its
     # first chunk, so the demand load starts at its first boundary D + X + X/3.
     ("preempt", D1 + X + X / 3 + X + C, (D1 + X + X / 3) - (2 * D1 + X + C)),
+    # separate (unphysical): the prefetches ran on their own channel from D ([D, D+X], [D+X, D+2X]);
+    # the demand channel is idle after D + X, so the load starts at the router: no wait.
+    ("separate", 2 * D1 + 2 * X + 2 * C, 0.0),
 ])
 def test_copy_engine_order(engine, ttft, wait):
     """Layer 0: router at D; object 0 misses, its load runs [D, D+X], computed by D + X + C. Then the
@@ -81,6 +85,8 @@ def test_copy_engine_order(engine, ttft, wait):
     ("demand-first", D1 + 3 * X),
     # preempt: promoted, and prefetch 5 is preempted at its first chunk boundary D + X + X/3.
     ("preempt", D1 + X + X / 3 + X),
+    # separate: the prefetch channel runs 5 [D, D+X], 6 [D+X, D+2X], 4 [D+2X, D+3X]; nothing is promoted.
+    ("separate", D1 + 3 * X),
 ])
 def test_queued_prefetch_is_promoted(engine, arrival):
     """As above, but the top-3 prefetcher (fixed budget 3) ranks layer 1's experts 1, 2, 0: prefetches
@@ -97,7 +103,7 @@ def test_queued_prefetch_is_promoted(engine, arrival):
     assert (r.prefetches_issued, r.prefetches_used, r.prefetches_resident_at_end) == (3, 1, 2)
     assert_identities(r)
     ready = dict(zip(replay.slot_i[SL_OBJ].tolist(), replay.slot_f[SL_READY].tolist()))
-    after = {"fifo": D1 + 3 * X, "demand-first": D1 + 4 * X, "preempt": D1 + 4 * X}[engine]
+    after = {"fifo": D1 + 3 * X, "demand-first": D1 + 4 * X, "preempt": D1 + 4 * X, "separate": D1 + 2 * X}[engine]
     assert ready[6] == pytest.approx(after, rel=1e-9)
     assert ready[4] == pytest.approx(arrival, rel=1e-9)
 
@@ -155,11 +161,15 @@ def test_evict_at_start_sees_arrived_prefetch():
     assert issue.demand_wait_seconds == pytest.approx(X - D1 - C, rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="evict_at='start' re-plans the demand copy from its planned start "
-                   "(loop.py P_MISSES: plan_demand/commit_demand get t_decision = start): a queued prefetch "
-                   "starting then counts as in flight (demand-first: the copy starts X later), and "
-                   "demand_wait_seconds counts from the start instead of the router")
-@pytest.mark.parametrize("engine", ["fifo", "demand-first", "preempt"])
+_REPLANNED = pytest.mark.xfail(
+    strict=True, reason="evict_at='start' re-plans the demand copy from its planned start (loop.py P_MISSES: "
+    "plan_demand/commit_demand get t_decision = start): a queued prefetch starting then counts as in flight "
+    "(demand-first: the copy starts X later), and demand_wait_seconds counts from the start, not the router")
+
+
+# 'separate' passes: its demand channel has no queue of prefetches, and this load does not wait
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=_REPLANNED) for e in ("fifo", "demand-first", "preempt")]
+                         + ["separate"])
 def test_evict_at_start_changes_only_the_victim(engine):
     """With an unlimited cache nothing is evicted, so evict_at must not change anything: the case of
     test_copy_engine_order gives the same TTFT and demand wait at 'start' as at 'issue' (there: FIFO
@@ -339,8 +349,9 @@ def test_identities_hold_across_mechanisms():
     trace = make_trace(ids, model, request_lengths=[5, 7], prompt_lengths=[2, 3], gate_weights=gates,
                        spec_scores=spec)
     for miss in ("fetch", "drop", "low-precision", "cascade", "substitute", "cpu"):
-        for engine in ("fifo", "demand-first", "preempt"):
+        for engine in ("fifo", "demand-first", "preempt", "separate"):
             for evict_at in ("issue", "start"):
                 r = simulate(trace, model=model, hardware=SLOW_CPU, capacity=slots(model, 5), prefetch="top2",
-                             miss=miss, copy_engine=engine, evict_at=evict_at, copy_engines=2)
+                             miss=miss, copy_engine=engine, evict_at=evict_at,
+                             copy_engines=None if engine == "separate" else 2)
                 assert_identities(r)

@@ -36,6 +36,13 @@ def test_known_answers():
     # spec accuracy at layer 1: 2/2, 2/2, 1/2, 0/2 -> 0.625
     assert layers.loc[1, "spec_accuracy"] == pytest.approx(0.625)
     assert np.isnan(layers.loc[0, "spec_accuracy"])
+    # consecutive prompt pairs keep their top-1 (0->0->0 at layer 0, 2->2->2 at layer 1)
+    assert layers["repeat_first"].tolist() == [1.0, 1.0] and layers["repeat_any"].tolist() == [1.0, 1.0]
+    locality = stats["locality"]["trace"]
+    # percent of tokens per expert: layer 0 75 75 25 25, layer 1 50 25 75 50 -> SD over all 8 = sqrt(468.75)
+    assert locality["activation_freq_sd"] == pytest.approx(468.75 ** 0.5)
+    assert locality["sch_m4"] == pytest.approx(1.0)     # a cache of 2 x 2 x 2 slots holds all 8 experts
+    assert np.isnan(locality["srp_m16"])                # no window of 16 tokens in a 4-token request
     assert "comparison" not in stats  # not OLMoE-shaped
 
 

@@ -1,12 +1,14 @@
 """Regenerate the built-in synthetic traces in specmd_env/data/traces/ (deterministic, fixed seeds).
 
-    python traces/make_defaults.py
+    python traces/make_defaults.py                       # all three
+    python traces/make_defaults.py mixtral-synthetic     # only the named ones
 
 All three are SYNTHETIC (specmd_env.generator): nothing was recorded from a model. See traces/README.md.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -29,9 +31,14 @@ DEFAULTS = {
 }
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"unknown default trace(s) {unknown}; known: {sorted(DEFAULTS)}")
     total = 0
     for name, kwargs in DEFAULTS.items():
+        if names and name not in names:
+            continue
         started = time.perf_counter()
         trace = generate_trace(**kwargs)
         path = save_trace(trace, OUT / f"{name}.npz", compress=True)
@@ -42,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

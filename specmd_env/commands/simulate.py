@@ -15,6 +15,7 @@ from typing import Callable
 
 from specmd_env.errors import SpecMDError
 from specmd_env.hardware import use_hardware_files
+from specmd_env.presets import list_presets
 from specmd_env.simulate import simulate
 
 
@@ -38,6 +39,15 @@ def _fraction(text: str) -> float:
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else _positive_int(text)
+
+
+def _scope(text: str):
+    if text in ("global", "per-layer", "adapmoe"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError("give global, per-layer, adapmoe or per-layer sizes 4,3,3,...") from None
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -96,7 +106,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefetch", str, "prefetcher: none, topk, top<N>, score, oracle", metavar="PREFETCHER"),
     Option("lookahead", _positive_int, "prefetch for layer l + lookahead", metavar="N"),
     Option("batch_size", _positive_int, "requests decoding together (static batching)", metavar="N"),
-    Option("scope", str, "one cache for all layers, or a fixed share per layer", choices=("global", "per-layer")),
+    Option("scope", _scope, "one cache (global), a share per layer (per-layer), AdapMoE's per-layer sizes "
+                            "(adapmoe), or sizes 4,3,3,...", metavar="SCOPE"),
+    Option("gating", str, "adaptive: AdapMoE's dropping of a decode token's second expert (Mixtral-8x7B)",
+           choices=("none", "adaptive")),
+    Option("preset", str, "a named system: its settings fill every option left at its default",
+           choices=tuple(list_presets())),
     Option("mode", str, "event: a layer's experts are pinned while it computes; per-access: generic cache replay",
            choices=("event", "per-access")),
     Option("miss", str, "on a miss: fetch (stall), drop, low-precision, cascade, substitute or cpu (see "
@@ -108,8 +123,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefetch_budget", _budget, "prefetches per layer: 'engine' (what the copy engine can start before the "
                                        "target layer) or a fixed count", metavar="engine|N"),
     Option("copy_engine", str, "order of the copy engine: fifo, demand-first (demand loads overtake queued "
-                               "prefetches), preempt (and preempt one in flight)", choices=("fifo", "demand-first",
-                                                                                            "preempt")),
+                               "prefetches), preempt (and preempt one in flight), separate (prefetches on a channel "
+                               "of their own: unphysical)", choices=("fifo", "demand-first", "preempt", "separate")),
     Option("copy_engines", _optional_int, "copy engines at once, sharing the link ('none': the profile's)",
            metavar="N|none"),
     Option("preempt_chunks", _positive_int, "preempt: chunks per expert transfer (ProMoE: 3)", metavar="N"),

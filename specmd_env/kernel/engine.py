@@ -9,7 +9,10 @@ which the replay folds into the transfer times) serve transfers in one of three 
   as MoE-Infinity's I/O queue does (demand band 0, prefetch band 1, one copy thread); a prefetch that a
   layer now needs is promoted to a demand load;
 * ``ENGINE_PREEMPT``: as demand-first, and a prefetch in flight is preempted at its next chunk boundary
-  (``cfg_f[F_CHUNK]`` seconds of transfer; ProMoE splits an expert into gate/up/down chunks).
+  (``cfg_f[F_CHUNK]`` seconds of transfer; ProMoE splits an expert into gate/up/down chunks);
+* ``ENGINE_SEPARATE``: prefetches travel on a channel of their own (engine 1), at full bandwidth, never
+  delaying a demand load (engine 0) -- an UNPHYSICAL what-if for one host link (it doubles the
+  bandwidth), kept because a study may have accounted prefetches this way.
 
 Prefetches that have been issued but not yet finished are kept in a queue (``q_i`` / ``q_f``) so that a
 demand load can push them back; their slots' arrival times move with them. A computed expert starts
@@ -22,9 +25,9 @@ import numpy as np
 from numba import njit
 
 from specmd_env.kernel.layout import (
-    C_ENGINE, C_ENGINES, ENGINE_FIFO, ENGINE_PREEMPT, E_DEMAND_END, E_FREE, F_CHUNK,
-    F_EXPERT_MIN, F_EXPERT_PER_TOKEN, I_QUEUED, M_DEMAND_WAIT, M_STALL, M_TRANSFERS, Q_END, Q_ENGINE, Q_SLOT,
-    Q_START, SL_FREE_AT, SL_PREFETCHED, SL_READY, S_COMPUTE, S_COPY_FREE)
+    C_ENGINE, C_ENGINES, ENGINE_DEMAND_FIRST, ENGINE_FIFO, ENGINE_PREEMPT, ENGINE_SEPARATE, E_DEMAND_END,
+    E_FREE, F_CHUNK, F_EXPERT_MIN, F_EXPERT_PER_TOKEN, I_QUEUED, M_DEMAND_WAIT, M_STALL, M_TRANSFERS, Q_END,
+    Q_ENGINE, Q_SLOT, Q_START, SL_FREE_AT, SL_PREFETCHED, SL_READY, S_COMPUTE, S_COPY_FREE)
 
 
 @njit(cache=True, inline="always")
@@ -38,7 +41,8 @@ def _earliest_engine(cfg_i, eng):
 
 @njit(cache=True, inline="always")
 def _note_free(cfg_i, fst, eng):
-    fst[S_COPY_FREE] = eng[E_FREE, _earliest_engine(cfg_i, eng)]
+    """The time the next prefetch could start (the budget's reference)."""
+    fst[S_COPY_FREE] = eng[E_FREE, 1] if cfg_i[C_ENGINE] == ENGINE_SEPARATE else eng[E_FREE, _earliest_engine(cfg_i, eng)]
 
 
 @njit(cache=True, inline="always")
@@ -57,13 +61,13 @@ def _drop_finished(ist, q_f, q_i, t):
 @njit(cache=True, inline="always")
 def transfer_prefetch(cfg_i, ist, fst, met, eng, q_i, q_f, t_issue, seconds, slot):
     """Issue one prefetch at ``t_issue`` into ``slot``; returns when it arrives."""
-    k = _earliest_engine(cfg_i, eng)
+    k = 1 if cfg_i[C_ENGINE] == ENGINE_SEPARATE else _earliest_engine(cfg_i, eng)
     start = max(eng[E_FREE, k], t_issue)
     ready = start + seconds
     eng[E_FREE, k] = ready
     _note_free(cfg_i, fst, eng)
     met[M_TRANSFERS] += 1
-    if cfg_i[C_ENGINE] != ENGINE_FIFO:
+    if cfg_i[C_ENGINE] == ENGINE_DEMAND_FIRST or cfg_i[C_ENGINE] == ENGINE_PREEMPT:
         _drop_finished(ist, q_f, q_i, t_issue)
         n = ist[I_QUEUED]
         q_i[Q_SLOT, n], q_i[Q_ENGINE, n] = slot, k
@@ -75,7 +79,7 @@ def transfer_prefetch(cfg_i, ist, fst, met, eng, q_i, q_f, t_issue, seconds, slo
 @njit(cache=True, inline="always")
 def _demand_start_on(cfg_i, cfg_f, ist, eng, q_i, q_f, k, t):
     """When a demand load issued at ``t`` could start on engine ``k``."""
-    if cfg_i[C_ENGINE] == ENGINE_FIFO:
+    if cfg_i[C_ENGINE] == ENGINE_FIFO or cfg_i[C_ENGINE] == ENGINE_SEPARATE:
         return max(eng[E_FREE, k], t)
     start = max(t, eng[E_DEMAND_END, k])
     for i in range(ist[I_QUEUED]):
@@ -91,8 +95,10 @@ def _demand_start_on(cfg_i, cfg_f, ist, eng, q_i, q_f, k, t):
 @njit(cache=True, inline="always")
 def plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t):
     """(engine, start): where and when a demand load issued at ``t`` would start (nothing committed)."""
-    if cfg_i[C_ENGINE] != ENGINE_FIFO:
+    if cfg_i[C_ENGINE] == ENGINE_DEMAND_FIRST or cfg_i[C_ENGINE] == ENGINE_PREEMPT:
         _drop_finished(ist, q_f, q_i, t)
+    if cfg_i[C_ENGINE] == ENGINE_SEPARATE:
+        return 0, max(eng[E_FREE, 0], t)
     best, best_start = 0, np.inf
     for k in range(cfg_i[C_ENGINES]):
         start = _demand_start_on(cfg_i, cfg_f, ist, eng, q_i, q_f, k, t)
@@ -109,7 +115,7 @@ def commit_demand(cfg_i, fst, met, eng, ist, q_i, q_f, slot_i, slot_f, k, t, sta
     ready = start + seconds
     met[M_TRANSFERS] += 1
     met[M_DEMAND_WAIT] += start - t
-    if cfg_i[C_ENGINE] == ENGINE_FIFO:
+    if cfg_i[C_ENGINE] == ENGINE_FIFO or cfg_i[C_ENGINE] == ENGINE_SEPARATE:
         eng[E_FREE, k] = ready
     else:
         last = ready
@@ -135,7 +141,7 @@ def promote(cfg_i, cfg_f, fst, met, eng, ist, q_i, q_f, slot_f, slot, t):
     """A layer needs the expert that a queued (not yet started) prefetch is bringing into ``slot``: with
     a demand-first engine, that transfer moves to the front of its engine's queue now -- the queued
     prefetches it overtakes move back by its duration, the ones behind it stay. Returns its arrival."""
-    if cfg_i[C_ENGINE] == ENGINE_FIFO:
+    if cfg_i[C_ENGINE] != ENGINE_DEMAND_FIRST and cfg_i[C_ENGINE] != ENGINE_PREEMPT:
         return slot_f[SL_READY, slot]
     _drop_finished(ist, q_f, q_i, t)
     for i in range(ist[I_QUEUED]):

@@ -19,6 +19,7 @@ import numpy as np
 # -- kernel status and pending decisions ---------------------------------------------------------------
 DONE, NEED_VICTIM, NEED_PREFETCH, BAD_VICTIM = 0, 1, 2, 3   # BAD_VICTIM: a policy hook returned a slot it may not evict
 DEMAND, PREFETCH, PREFETCH_CHOICE = 1, 2, 3     # what a pending decision is for (ist[I_PENDING])
+NO_ACTION = -2   # ist[I_ACTION] when no decision has been given (-1 is a decision: bypass / skip)
 
 # -- events a policy may ask to see; bit i of its mask = kind i. The kernel logs them (kind, slot, object)
 # and hands the log to the policy's ``on_events`` hook in order, before the policy is next consulted ---------
@@ -30,16 +31,16 @@ LOG_WIDTH = 3       # int64 items per logged event: kind, slot (or -1), object (
 # -- miss handlers (cfg_i[C_MISS]) ------------------------------------------------------------------------
 MISS_FETCH, MISS_DROP, MISS_LOWBIT, MISS_CASCADE, MISS_SUBSTITUTE, MISS_CPU = range(6)
 # -- copy engine ordering (cfg_i[C_ENGINE]) and when a victim is evicted (cfg_i[C_EVICT_AT]) ------------------
-ENGINE_FIFO, ENGINE_DEMAND_FIRST, ENGINE_PREEMPT = range(3)
+ENGINE_FIFO, ENGINE_DEMAND_FIRST, ENGINE_PREEMPT, ENGINE_SEPARATE = range(4)
 EVICT_AT_ISSUE, EVICT_AT_START = range(2)
 
 # -- argument table: the arrays' addresses, then their lengths: the two state arenas, the schedule chunk's
-# arrays (specmd_env.schedule.Chunk, the prefetcher's lists), the environment's output buffers -----------------
-(A_SI, A_SF, A_EV_PTR, A_EV_OBJ, A_EV_COUNT, A_EV_PASS, A_EV_DENSE, A_EV_EST, A_MASS, A_PF_PTR, A_PF_OBJ,
- A_OCC_PTR, A_OCC_POS, A_SPEC, A_PASS_KIND, A_PROGRESS, A_PASS_READY, A_OBS, A_MASK, A_ACT, A_ORC, N_ARGS) = range(22)
+# arrays (specmd_env.schedule.Chunk), the environment's output buffers -----------------
+(A_SI, A_SF, A_EV_PTR, A_EV_OBJ, A_EV_COUNT, A_EV_PASS, A_EV_DENSE, A_EV_EST, A_MASS, A_OCC_PTR, A_OCC_POS,
+ A_SPEC, A_PASS_KIND, A_PROGRESS, A_PASS_READY, A_OBS, A_MASK, A_ACT, A_ORC, N_ARGS) = range(20)
 ARG_DTYPES = (np.int64, np.float64, np.int64, np.int32, np.int32, np.int32, np.float64, np.float64, np.float32,
-              np.int64, np.int32, np.int64, np.int64, np.float32, np.int8, np.float64, np.float64, np.float32,
-              np.bool_, np.int64, np.int64)
+              np.int64, np.int64, np.float32, np.int8, np.float64, np.float64, np.float32, np.bool_, np.int64,
+              np.int64)
 N_CHUNK_ARGS = A_OBS  # the state arenas and the chunk: what a plain replay binds
 
 # -- si header ------------------------------------------------------------------------------------------------

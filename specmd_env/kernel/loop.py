@@ -21,7 +21,7 @@ Model of one layer event (docs/ARCHITECTURE.md has the prose version):
 
 The kernel stops and returns NEED_VICTIM when an eviction decision is external (``cfg_i[C_EXT_EVICT]``:
 the Gymnasium environment, or a Python policy): the caller writes the chosen slot to ``ist[I_ACTION]``
-and calls again. Likewise NEED_PREFETCH with ``cfg_i[C_EXT_PREFETCH]``: the caller writes expert objects
+(or -1: bypass the cache for a demand miss, skip a prefetch) and calls again. Likewise NEED_PREFETCH with ``cfg_i[C_EXT_PREFETCH]``: the caller writes expert objects
 to ``work[pf_base:pf_base + n]``, sets ``ist[I_PF_COUNT] = n``, ``ist[I_PF_READY] = 1``,
 ``ist[I_PENDING] = 0``. Policies are called through their compiled hooks (:mod:`.hooks`).
 """
@@ -41,9 +41,10 @@ from specmd_env.kernel.layout import (
     I_PF_COUNT, I_PF_READY, I_PHASE, I_POSITION, I_TICK, MISS_CASCADE, MISS_CPU, MISS_DROP, MISS_LOWBIT,
     MISS_SUBSTITUTE, M_ACCESSES, M_BYPASSED, M_CPU_EXPERTS, M_CPU_SECONDS, M_DECISIONS, M_DROPPED, M_HITS,
     M_LATE, M_LOW_TRANSFERS, M_MASS, M_MASS_DROPPED, M_MASS_LOW, M_MASS_SUBSTITUTED, M_PF_ISSUED, M_PF_SKIPPED,
-    M_PF_USED, M_STALL, M_SUBSTITUTED, M_TOKEN_ACCESSES, NEED_PREFETCH, NEED_VICTIM, OB_SEEN, OB_SLOT, OB_USES,
-    PREFETCH, PREFETCH_CHOICE, P_END, P_MISSES, P_PREFETCH, P_START, SL_BITS, SL_EXPERT, SL_FREE_AT, SL_LAYER,
-    SL_OBJ, SL_PREFETCHED, SL_READY, S_COMPUTE, S_COPY_FREE, S_CPU_FREE, S_DECISION, S_ROUTER)
+    M_PF_USED, M_STALL, M_SUBSTITUTED, M_TOKEN_ACCESSES, NEED_PREFETCH, NEED_VICTIM, NO_ACTION, OB_SEEN,
+    OB_SLOT, OB_USES, PREFETCH, PREFETCH_CHOICE, P_END, P_MISSES, P_PREFETCH, P_START, SL_BITS, SL_EXPERT,
+    SL_FREE_AT, SL_LAYER, SL_OBJ, SL_PREFETCHED, SL_READY, S_COMPUTE, S_COPY_FREE, S_CPU_FREE, S_DECISION,
+    S_ROUTER)
 from specmd_env.kernel.native import call_hook
 from specmd_env.kernel.slots import (
     any_candidate, candidate, classify_miss, count_access, earliest_free, evict, free_slot, insert, layer_of, scope_range, touch,
@@ -161,7 +162,7 @@ def advance(tab):
     cfg_i, cfg_f, ist, fst, slot_i, slot_f = k.cfg_i, k.cfg_f, k.ist, k.fst, k.slot_i, k.slot_f
     obj_i, lists, scope, work, met, log = k.obj_i, k.lists, k.scope, k.work, k.met, k.log
     ev_ptr, ev_obj, ev_count, ev_pass, ev_dense, ev_est = k.ev_ptr, k.ev_obj, k.ev_count, k.ev_pass, k.ev_dense, k.ev_est
-    pf_ptr, pf_obj, mass, pass_ready, pass_end = k.pf_ptr, k.pf_obj, k.mass, k.pass_ready, k.pass_end
+    mass, pass_ready, pass_end = k.mass, k.pass_ready, k.pass_end
     eng, q_i, q_f = k.eng, k.q_i, k.q_f
     status = DONE
     num_events = len(ev_ptr) - 1
@@ -282,12 +283,18 @@ def advance(tab):
                             met[M_BYPASSED] += 1  # served from a staging buffer
                         else:
                             evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
-                else:  # resuming with the caller's victim
+                else:  # resuming with the caller's victim (-1: bypass, serve it from a staging buffer)
                     slot = ist[I_ACTION]
+                    if slot == NO_ACTION:
+                        status = BAD_VICTIM
+                        break
                     t_decision = fst[S_DECISION]
                     ist[I_PENDING] = 0
-                    ist[I_ACTION] = -1
-                    evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
+                    ist[I_ACTION] = NO_ACTION
+                    if slot < 0:
+                        met[M_BYPASSED] += 1
+                    else:
+                        evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
                 bits = ist[I_BITS]
                 seconds = cfg_f[F_XFER]
                 if bits < FULL_BITS:
@@ -317,8 +324,8 @@ def advance(tab):
             ist[I_PHASE] = P_PREFETCH
         if ist[I_PHASE] == P_PREFETCH:
             external_pf = cfg_i[C_EXT_PREFETCH] == 1
-            from_work = external_pf or cfg_i[C_PF_FN] != 0
-            if from_work:
+            end = 0
+            if external_pf or cfg_i[C_PF_FN] != 0:
                 if ist[I_PF_READY] == 0:
                     if external_pf:
                         if layer + cfg_i[C_LOOKAHEAD] >= L:
@@ -332,15 +339,13 @@ def advance(tab):
                         ist[I_PF_COUNT] = call_hook(cfg_i[C_PF_FN], tab, e, 0)
                         ist[I_PF_READY] = 1
                 end = ist[I_PF_COUNT]
-            else:
-                end = pf_ptr[e + 1] - pf_ptr[e]
             t_issue = fst[S_ROUTER]
             fixed = cfg_i[C_BUDGET] >= 0
             last_target = -1
             t_target = 0.0
             while ist[I_INDEX] < end:
                 i = ist[I_INDEX]
-                obj = work[pf_base + i] if from_work else pf_obj[pf_ptr[e] + i]
+                obj = work[pf_base + i]
                 target_layer = layer_of(cfg_i, obj)
                 if ist[I_PENDING] == 0:
                     slot = obj_i[OB_SLOT, obj]
@@ -390,10 +395,17 @@ def advance(tab):
                             ist[I_INDEX] += 1
                             continue
                         evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
-                else:
+                else:  # resuming with the caller's victim (-1: skip this prefetch)
                     slot = ist[I_ACTION]
+                    if slot == NO_ACTION:
+                        status = BAD_VICTIM
+                        break
                     ist[I_PENDING] = 0
-                    ist[I_ACTION] = -1
+                    ist[I_ACTION] = NO_ACTION
+                    if slot < 0:
+                        met[M_PF_SKIPPED] += 1
+                        ist[I_INDEX] += 1
+                        continue
                     evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
                 ready = transfer_prefetch(cfg_i, ist, fst, met, eng, q_i, q_f, t_issue, cfg_f[F_XFER], slot)
                 insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, slot, obj, 1, FULL_BITS)

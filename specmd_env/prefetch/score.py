@@ -1,10 +1,27 @@
-"""Score-based dynamic prefetch (SpecMD): fetch the next layer's experts in score order until they
-cover probability mass ``mass`` (at most ``max_count``), within what the copy engine can move before
-that layer starts. Confident predictions fetch few experts, uncertain ones more."""
+"""Score-based dynamic prefetch (SpecMD): fetch layer l + lookahead's experts in order of their
+speculative score until they cover probability mass ``mass`` (at most ``max_count``), within what the
+copy engine can move before that layer starts. Confident predictions fetch few experts, uncertain ones
+more. The scores are the pass's mean over its tokens (``policy.predicted_scores``)."""
 
-import numpy as np
-
+from specmd_env import policy as sp
+from specmd_env.errors import SpecMDError
 from specmd_env.prefetch.base import Prefetcher
+
+MASS = 0        # state_f[0]
+MAX_COUNT = 0   # state_i[0]
+
+
+@sp.hook
+def propose(tab, e, _):
+    v = sp.prefetch_view(tab)
+    target = v.layer + v.lookahead
+    base = sp.predicted_scores(v, target)
+    if base < 0:
+        return 0
+    total = 0.0
+    for x in range(v.num_experts):
+        total += v.spec[base + x]
+    return sp.best_scored(v, base, target, v.state_i[MAX_COUNT], v.state_f[MASS] * total)
 
 
 class ScorePrefetch(Prefetcher):
@@ -12,15 +29,16 @@ class ScorePrefetch(Prefetcher):
     needs_spec_scores = True
 
     def __init__(self, mass: float = 0.8, max_count: int | None = None):
-        self.mass = mass
-        self.max_count = max_count
+        if not 0 < mass <= 1:
+            raise SpecMDError(f"prefetch mass must be in (0, 1], got {mass!r}")
+        if max_count is not None and max_count < 1:
+            raise SpecMDError(f"prefetch max_count must be >= 1, got {max_count!r}")
+        self.mass, self.max_count = float(mass), max_count
+        self.propose = propose
 
-    def rank(self, chunk, lookahead):
-        scores = self.scores(chunk, lookahead)
-        order = np.argsort(-scores, axis=2, kind="stable")
-        ranked = np.take_along_axis(scores, order, axis=2)
-        total = ranked.sum(axis=2, keepdims=True)
-        covered = np.cumsum(ranked, axis=2) / np.maximum(total, 1e-12)
-        take = 1 + (covered < self.mass).sum(axis=2)
-        max_count = scores.shape[2] if self.max_count is None else self.max_count
-        return order, np.minimum(take, max_count)
+    def state(self, capacity, num_layers, num_experts, num_scopes):
+        return 1, 1
+
+    def setup(self, state_i, state_f):
+        state_f[MASS] = self.mass
+        state_i[MAX_COUNT] = -1 if self.max_count is None else self.max_count
