@@ -176,6 +176,13 @@ def pass_is_decode(v, pass_id):
 
 
 @njit(cache=True, inline="always")
+def pass_starts_sequence(v, pass_id):
+    """Whether forward pass ``pass_id`` (of the current chunk) starts a sequence: a prefill, or the first
+    pass of a batch group (a decode-only request has no prefill: its first decode step starts it)."""
+    return not pass_is_decode(v, pass_id) or v.progress[pass_id - v.ev_pass[0]] == 0
+
+
+@njit(cache=True, inline="always")
 def passes_into_request(v):
     """Forward passes its batch group ran before the pass computing now (0 in a prefill of batch size 1:
     with one request at a time, the index of the token being decoded, counting the prompt as one)."""
@@ -413,4 +420,4 @@ def work_size(num_layers: int, num_experts: int) -> int:
 __all__ = ["njit_policy", "BY_INSERT", "BY_TOUCH", "BY_USE", "DEMAND", "EVENTS", "HOOK_SIGNATURE", "NEVER", "PREFETCH", "View",
            "hook", "is_candidate", "layer_ahead", "list_clear", "list_first_candidate", "list_push", "list_remove",
            "list_size", "list_to_tail", "next_turn", "next_use", "next_use_of", "oldest", "prefetch_view",
-           "best_scored", "decision_scope", "event_at", "event_experts", "is_decode", "pass_is_decode", "passes_into_request", "predicted_scores", "layer_of_object", "lowest", "oldest_where", "rand_below", "scope_of", "spec_score", "cache_view"]
+           "best_scored", "decision_scope", "event_at", "event_experts", "is_decode", "pass_is_decode", "pass_starts_sequence", "passes_into_request", "predicted_scores", "layer_of_object", "lowest", "oldest_where", "rand_below", "scope_of", "spec_score", "cache_view"]

@@ -17,7 +17,7 @@ from specmd_env import kernel as K
 from specmd_env.checks import integer_array, shorten
 from specmd_env.errors import SpecMDError
 from specmd_env.eviction import EvictionPolicy, get_eviction
-from specmd_env.hardware import HardwareProfile, capacity_slots, get_profile
+from specmd_env.hardware import HardwareProfile, capacity_slots, get_profile, quantized_expert_bytes
 from specmd_env.kernel.layout import Arenas, argument_table, scope_bounds
 from specmd_env.kernel.setup import start_replay
 from specmd_env.models import ModelSpec, get_model
@@ -172,7 +172,9 @@ class Replay:
         self.external_eviction = external_eviction
         self.needs_next_use = self.eviction_is_oracle or external_eviction
         self.observe = bool(observe)
-        self.with_spec = trace.spec_scores is not None and (self.prefetcher.needs_spec_scores or self.observe)
+        # the substitute handler ranks the resident experts by the trace's scores, like a prefetcher
+        self.with_spec = trace.spec_scores is not None and (self.prefetcher.needs_spec_scores or self.observe
+                                                            or self.miss == "substitute")
         if requests is not None:
             chosen = np.asarray(requests)
             if chosen.ndim != 1 or (chosen.size and (chosen.dtype.kind not in "iu" or chosen.min() < 0
@@ -519,7 +521,8 @@ class Replay:
             eviction=self.eviction_label, prefetch=self.prefetch_label, model=self.model.name,
             hardware=self.hardware.name, capacity_slots=int(self.scopes[K.SC_HI, -1]),
             prefetches_resident_at_end=prefetched_resident,
-            bytes_moved=counts["transfers"] * self.model.expert_bytes,
+            bytes_moved=(counts["transfers"] - counts["low_precision_transfers"]) * self.model.expert_bytes
+            + counts["low_precision_transfers"] * quantized_expert_bytes(self.model, self.low_bits),
             prompt_tokens=int(np.sum(self.trace.prompt_lengths[requests])),
             **self.schedule.timings(self.pass_end), **counts, **{k: float(m[k]) for k in floats})
 

@@ -5,6 +5,8 @@ Generic on purpose (other test modules import from here):
 * :func:`tiny_model` -- a :class:`ModelSpec` of any small shape (pass it as ``model=`` to simulate/Replay).
 * :func:`make_trace` -- an in-memory :class:`Trace` from nested expert-id lists or an array.
 * :data:`FAST` -- a hardware profile with effectively infinite bandwidth and zero latency.
+* :data:`SLOW` -- hand-computable timing (:data:`SLOW_X` per transfer, :data:`SLOW_C` per expert,
+  :func:`slow_dense` per layer's dense part).
 * :func:`routing_cases` -- a hypothesis strategy of ``(model, trace)`` small random routing traces.
 """
 
@@ -65,6 +67,15 @@ FAST = HardwareProfile(name="fast", description="infinite link", h2d_bandwidth_g
 SLOW = HardwareProfile(name="slow", description="hand-computable", h2d_bandwidth_gbps=12.288e-3,
                        transfer_latency_us=0.0, gpu_mem_bandwidth_gbps=12.288, bf16_tflops=1e6,
                        layer_overhead_us=100.0)
+SLOW_X = 1e-3   # SLOW: one transfer of a tiny_model expert, 12288 B at 12.288 MB/s
+SLOW_C = 1e-6   # SLOW: one expert computed (memory bound: 12288 B at 12.288 GB/s)
+
+
+def slow_dense(kv_tokens: int) -> float:
+    """SLOW's dense part of a tiny_model layer: 100 us overhead + attention weights (12288 params, bf16)
+    and KV (2 x kv x 1 head x 32 dims x 2 bytes) read at 12.288 GB/s (the FLOP term is negligible at
+    1e6 TFLOP/s). A prefill of n tokens reads n cached tokens, a decode step all it attends to."""
+    return 100e-6 + (2 * 12288 + 128 * kv_tokens) / 12.288e9
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ batching and prefetch. Every expected number below is worked out in the test's d
 import numpy as np
 import pytest
 
-from conftest import FAST, SLOW, make_trace, slots, tiny_model
+from conftest import FAST, SLOW, SLOW_C, SLOW_X, make_trace, slots, slow_dense, tiny_model
 from specmd_env import Replay, simulate
 
 
@@ -68,14 +68,7 @@ def test_streaming_layer_larger_than_cache():
 
 # -- timing ----------------------------------------------------------------------------------------
 
-X = 1e-3   # SLOW: one transfer, 12288 B at 12.288 MB/s
-C = 1e-6   # SLOW: one expert computed (memory bound: 12288 B at 12.288 GB/s)
-
-
-def _dense(kv_tokens: int) -> float:
-    """SLOW's dense part of a layer: 100 us overhead + attention weights (12288 params, bf16) and KV
-    (2 x kv x 1 head x 32 dims x 2 bytes) read at 12.288 GB/s (the FLOP term is negligible at 1e6 TFLOP/s)."""
-    return 100e-6 + (2 * 12288 + 128 * kv_tokens) / 12.288e9
+X, C, _dense = SLOW_X, SLOW_C, slow_dense
 
 
 def test_single_miss_stalls_one_transfer_minus_overlap():

@@ -21,7 +21,8 @@ from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
 
 BYPASS = 0            # state_i[0]: 1 to allow bypass
-LAST_PASS = 1         # state_i[1:]: per object, the pass of its last use (decayed counts are as of then)
+EVENT_PASS = 1        # state_i[1]: the pass of the events being read (a batch may span passes)
+LAST_PASS = 2         # state_i[2:]: per object, the pass of its last use (decayed counts are as of then)
 DECAY, WINDOW = 0, 1  # state_f[0:2]: per-pass decay (0: whole history), effective window in passes
 COUNTS = 2            # state_f[2:]: per object, decayed uses as of its last use
 
@@ -64,16 +65,20 @@ def on_events(tab, n, _):
     v = sp.cache_view(tab)
     decay = v.state_f[DECAY]
     for i in range(n):
-        kind, s, obj = sp.event_at(v, i)  # an access (a hit or a miss) in the pass computing now
-        age = v.pass_id - v.state_i[LAST_PASS + obj]
+        kind, s, obj = sp.event_at(v, i)
+        if kind == sp.EV_PASS:  # events arrive in batches: later ones may be of a later pass
+            v.state_i[EVENT_PASS] = obj
+            continue
+        p = v.state_i[EVENT_PASS]  # an access (a hit or a miss) in pass p
+        age = p - v.state_i[LAST_PASS + obj]
         if age > 0 or v.state_f[COUNTS + obj] == 0.0:
             v.state_f[COUNTS + obj] = v.state_f[COUNTS + obj] * decay ** age + 1.0
-            v.state_i[LAST_PASS + obj] = v.pass_id
+            v.state_i[LAST_PASS + obj] = p
     return 0
 
 
 def _state(capacity, num_layers, num_experts, num_scopes):
-    return 1 + num_layers * num_experts, 2 + num_layers * num_experts
+    return LAST_PASS + num_layers * num_experts, 2 + num_layers * num_experts
 
 
 def _setup(state_i, state_f, params):
@@ -84,7 +89,7 @@ def _setup(state_i, state_f, params):
 
 
 def _events(params):
-    return ("hit", "miss") if params["half_life"] > 0 else ()
+    return ("pass", "hit", "miss") if params["half_life"] > 0 else ()
 
 
 EXPECTED_NEXT_USE = EvictionPolicy(

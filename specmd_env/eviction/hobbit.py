@@ -14,8 +14,9 @@ What is exact and what is not:
 
 * The formula and the per-sequence reset are the paper's. The paper counts time in tokens; here T and
   R count forward passes of the sequence (a prefill is one step, then one per decoded token), which is
-  the token number in decode. A sequence starts at a prefill pass; with batch size > 1 every prefill of
-  the batch restarts the records (an approximation: HOBBIT serves one request at a time).
+  the token number in decode. A sequence starts at a prefill pass (a decode-only request: at its first
+  decode step); with batch size > 1 every prefill of the batch restarts the records (an approximation:
+  HOBBIT serves one request at a time).
 * H_t counts uses of a full-precision copy (all uses unless a low-precision miss handler runs).
 * The weights are "hyperparameters set by the user ... determined by minimizing the mixed precision
   expert cache miss penalties on a calibration dataset"; the paper publishes no values. By default each
@@ -61,9 +62,9 @@ def on_events(tab, n_events, _):
     for i in range(n_events):
         kind, s, obj = sp.event_at(v, i)
         if kind == sp.EV_PASS:
-            if sp.pass_is_decode(v, obj):
+            if not sp.pass_starts_sequence(v, obj):
                 v.state_i[T_NOW] += 1
-            else:  # a new sequence: its records start afresh
+            else:  # a new sequence (a prefill, or a decode-only request's first step): records start afresh
                 v.state_i[T_NOW] = 1
                 v.state_i[RECORDS:RECORDS + 3 * n] = 0
         elif kind == sp.EV_HIT or kind == sp.EV_LOAD:

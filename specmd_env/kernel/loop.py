@@ -141,7 +141,7 @@ def router_time_of(fst, ev_dense, ev_est, e, target):
 @njit(cache=True, inline="always")
 def prefetch_count_budget(cfg_i, cfg_f, fst, ev_dense, ev_est, e):
     """Transfers the copy engine can start before layer l + lookahead's router (the observation's
-    budget feature; a fixed budget replaces it)."""
+    budget feature; a fixed budget replaces it), at most one per object."""
     if cfg_i[C_BUDGET] >= 0:
         return cfg_i[C_BUDGET]
     lookahead = cfg_i[C_LOOKAHEAD]
@@ -151,7 +151,8 @@ def prefetch_count_budget(cfg_i, cfg_f, fst, ev_dense, ev_est, e):
     start = max(fst[S_COPY_FREE], fst[S_ROUTER])
     if start >= t_target:
         return 0
-    return np.int64(np.ceil((t_target - start) / cfg_f[F_XFER]))
+    # capped at every object: with a (near) infinite link the quotient would overflow int64
+    return np.int64(min(np.ceil((t_target - start) / cfg_f[F_XFER]), cfg_i[C_LAYERS] * cfg_i[C_EXPERTS]))
 
 
 @njit(cache=True)

@@ -5,7 +5,8 @@ moe_infinity/memory/expert_tracer.py, expert_predictor.py, expert_prefetcher.py)
   layer, summed over all its forward passes. When a request ends, its EAM joins the *collection* (EAMC,
   at most ``capacity`` matrices, 120 by default: the paper's "sufficient" size; the code defaults to
   1000); a full collection replaces the entry matched least often (the code's rule; the paper says the
-  most similar one).
+  most similar one). A request ends when the next one starts (its prefill, or a decode-only request's
+  first step); the last request's EAM never joins.
 * At each layer l, the collection entry most like the request's EAM is found: per layer, the cosine
   similarity of the request's row with the entry's row, averaged over the layers still to come (l+1 ..
   L-1, as the code's masking amounts to) -- with counts from the request's earlier passes. In a
@@ -98,7 +99,7 @@ def on_events(tab, n_events, _):
     for i in range(n_events):
         kind, _slot, arg = sp.event_at(v, i)
         if kind == sp.EV_PASS:
-            if not sp.pass_is_decode(v, arg) and v.state_i[HAS_CURRENT] == 1:
+            if sp.pass_starts_sequence(v, arg) and v.state_i[HAS_CURRENT] == 1:
                 _request_ends(v)
             _pass_starts(v)
         elif kind == sp.EV_LAYER:
