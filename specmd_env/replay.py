@@ -173,8 +173,9 @@ class Replay:
         self.needs_next_use = self.eviction_is_oracle or external_eviction
         self.observe = bool(observe)
         # the substitute handler ranks the resident experts by the trace's scores, like a prefetcher
-        self.with_spec = trace.spec_scores is not None and (self.prefetcher.needs_spec_scores or self.observe
-                                                            or self.miss == "substitute")
+        self.with_spec = trace.spec_scores is not None and (
+            self.prefetcher.needs_spec_scores or self.observe or self.miss == "substitute"
+            or bool(getattr(self.policy, "needs_spec_scores", False)))
         if requests is not None:
             chosen = np.asarray(requests)
             if chosen.ndim != 1 or (chosen.size and (chosen.dtype.kind not in "iu" or chosen.min() < 0

@@ -161,15 +161,8 @@ def test_evict_at_start_sees_arrived_prefetch():
     assert issue.demand_wait_seconds == pytest.approx(X - D1 - C, rel=1e-9)
 
 
-_REPLANNED = pytest.mark.xfail(
-    strict=True, reason="evict_at='start' re-plans the demand copy from its planned start (loop.py P_MISSES: "
-    "plan_demand/commit_demand get t_decision = start): a queued prefetch starting then counts as in flight "
-    "(demand-first: the copy starts X later), and demand_wait_seconds counts from the start, not the router")
-
-
 # 'separate' passes: its demand channel has no queue of prefetches, and this load does not wait
-@pytest.mark.parametrize("engine", [pytest.param(e, marks=_REPLANNED) for e in ("fifo", "demand-first", "preempt")]
-                         + ["separate"])
+@pytest.mark.parametrize("engine", ["fifo", "demand-first", "preempt", "separate"])
 def test_evict_at_start_changes_only_the_victim(engine):
     """With an unlimited cache nothing is evicted, so evict_at must not change anything: the case of
     test_copy_engine_order gives the same TTFT and demand wait at 'start' as at 'issue' (there: FIFO

@@ -391,9 +391,7 @@ def test_user_compiled_policy_by_hand(policy, final):
 
 @pytest.mark.parametrize("prefetch", [
     "top1",  # a prefetcher that reads the scores (budget 0: it issues nothing)
-    pytest.param("none", marks=pytest.mark.xfail(
-        strict=True, reason="the trace's speculative scores reach the kernel only when the prefetcher needs "
-        "them (Replay.with_spec): policy.spec_score gives 0 to an eviction policy under prefetch='none'")),
+    "none",  # the policy declares needs_spec_scores, so the scores reach the kernel without a prefetcher
 ])
 def test_user_policy_reads_speculative_scores(prefetch):
     """UNLIKELY_NEXT evicts the next layer's expert with the lowest predicted score. 2 layers, 3 slots,

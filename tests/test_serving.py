@@ -6,7 +6,6 @@ Step times are computed here from the hardware profile's own formulas (``dense_s
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from conftest import FAST, SLOW, make_trace, slots, tiny_model

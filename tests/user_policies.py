@@ -69,7 +69,7 @@ def unlikely_next_victim(tab, lo, hi):
 
 
 UNLIKELY_NEXT = EvictionPolicy("unlikely-next", "the next layer's least likely expert first", unlikely_next_victim,
-                               source="tests/user_policies.py")
+                               source="tests/user_policies.py", needs_spec_scores=True)
 
 
 class PythonLRU:

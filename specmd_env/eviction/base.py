@@ -39,6 +39,7 @@ class EvictionPolicy:
     is_oracle: bool = False                          # reads the future (next use); always labelled so
     needs_orders: bool = False                       # reads the kernel's own slot orders (policy.oldest)
     requires_prefetcher: str | None = None           # reads this prefetcher's state (its name)
+    needs_spec_scores: bool = False                  # reads the trace's speculative scores (policy.spec_score)
     source: str = ""                                 # where the rule comes from
     defaults: dict | None = None                     # the parameters' defaults (set from params)
 

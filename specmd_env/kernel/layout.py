@@ -70,7 +70,8 @@ N_CHUNK_ARGS = A_OBS  # the state arenas and the chunk: what a plain replay bind
  I_BUDGET, I_PF_COUNT, I_PF_READY, I_POSITION, I_QUEUED, I_LOGGED, I_BITS, I_HOST_COUNT, I_HOST_HEAD,
  I_HOST_TAIL, N_IST) = range(22)
 # -- fst: float state -------------------------------------------------------------------------------------------------
-S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, S_SSD_FREE, N_FST = range(7)
+# S_NEED: when the pending demand load's copy may be issued (its victim is chosen at S_DECISION)
+S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, S_SSD_FREE, S_NEED, N_FST = range(8)
 
 # -- slot_i rows: per cache slot --------------------------------------------------------------------------------------
 (SL_OBJ, SL_LAYER, SL_EXPERT, SL_INSERT, SL_USE, SL_TOUCH, SL_COUNT, SL_PREFETCHED, SL_TOUCH_PASS, SL_BITS,

@@ -44,7 +44,7 @@ from specmd_env.kernel.layout import (
     M_PF_USED, M_STALL, M_SUBSTITUTED, M_TOKEN_ACCESSES, NEED_PREFETCH, NEED_VICTIM, NO_ACTION, OB_SEEN,
     OB_SLOT, OB_USES, PREFETCH, PREFETCH_CHOICE, P_END, P_MISSES, P_PREFETCH, P_START, SL_BITS, SL_EXPERT,
     SL_FREE_AT, SL_LAYER, SL_OBJ, SL_PREFETCHED, SL_READY, S_COMPUTE, S_COPY_FREE, S_CPU_FREE, S_DECISION,
-    S_ROUTER)
+    S_NEED, S_ROUTER)
 from specmd_env.kernel.native import call_hook
 from specmd_env.kernel.slots import (
     any_candidate, candidate, classify_miss, count_access, earliest_free, evict, free_slot, insert, layer_of, scope_range, touch,
@@ -263,13 +263,16 @@ def advance(tab):
                             continue
                     ist[I_BITS] = bits
                     slot = free_slot(slot_i, lo, hi)
-                    t_decision = fst[S_ROUTER]
-                    if cfg_i[C_EVICT_AT] == EVICT_AT_START:  # the victim is chosen when the copy starts
-                        t_decision = plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t_decision)[1]
+                    t_need = fst[S_ROUTER]  # the copy may be issued from then
                     if slot < 0:
+                        t_decision = t_need
+                        if cfg_i[C_EVICT_AT] == EVICT_AT_START:  # the victim is chosen when the copy starts
+                            t_decision = plan_demand(cfg_i, cfg_f, ist, eng, q_i, q_f, t_need)[1]
                         if not per_access and not any_candidate(cfg_i, slot_i, slot_f, lo, hi, t_decision):
-                            t_decision = earliest_free(slot_i, slot_f, lo, hi)  # streaming
+                            t_decision = earliest_free(slot_i, slot_f, lo, hi)  # streaming: wait for a slot
+                            t_need = max(t_need, t_decision)
                         fst[S_DECISION] = t_decision
+                        fst[S_NEED] = t_need
                         ist[I_PENDING_OBJ] = obj
                         ist[I_POSITION] = j
                         if ext_evict:
@@ -290,7 +293,7 @@ def advance(tab):
                     if slot == NO_ACTION:
                         status = BAD_VICTIM
                         break
-                    t_decision = fst[S_DECISION]
+                    t_need = fst[S_NEED]
                     ist[I_PENDING] = 0
                     ist[I_ACTION] = NO_ACTION
                     if slot < 0:
@@ -299,7 +302,7 @@ def advance(tab):
                         evict(cfg_i, ist, slot_i, obj_i, met, log, tab, slot)
                 bits = ist[I_BITS]
                 host_access(cfg_i, ist, obj_i, obj)
-                t_issue = in_host_by(cfg_i, cfg_f, ist, fst, met, obj_i, obj, t_decision)  # an SSD read first?
+                t_issue = in_host_by(cfg_i, cfg_f, ist, fst, met, obj_i, obj, t_need)  # an SSD read first?
                 seconds = cfg_f[F_XFER]
                 if bits < FULL_BITS:
                     seconds = cfg_f[F_XFER_LOW]
