@@ -382,10 +382,10 @@ def lowest(v, lo, hi, key):
 
 
 @njit(cache=True, inline="always")
-def best_scored(v, base, target_layer, max_count, mass):
-    """Write to ``proposals`` the experts of ``target_layer`` with the highest scores ``v.spec[base:base +
-    E]``, best first (ties to the lower id), until ``max_count`` (-1: no cap) are taken or they cover
-    ``mass`` (the first one always goes); return how many. Repeated selection: cheap for the few taken."""
+def best_scored(v, base, target_layer, max_count, mass, at=0):
+    """Write to ``proposals[at:]`` the experts of ``target_layer`` with the highest scores ``v.spec[base:
+    base + E]``, best first (ties to the lower id), until ``max_count`` (-1: no cap) are taken or they
+    cover ``mass`` (the first one always goes); return how many. Repeated selection: cheap for the few."""
     E = v.num_experts
     limit = E if max_count < 0 else min(max_count, E)
     n, covered, last_score, last_x = 0, 0.0, np.inf, -1
@@ -398,7 +398,7 @@ def best_scored(v, base, target_layer, max_count, mass):
                 best = x
         if best < 0:
             break
-        v.proposals[n] = target_layer * E + best
+        v.proposals[at + n] = target_layer * E + best
         n += 1
         last_score, last_x = v.spec[base + best], best
         covered += last_score

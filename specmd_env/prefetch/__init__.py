@@ -1,8 +1,9 @@
 """Prefetchers, discoverable by name, with parameters after a colon (``score:mass=0.9``).
 
-Static (candidate lists per chunk, numpy): ``none``, ``topk`` / ``top<N>``, ``score``, ``oracle``.
-Compiled, deciding at run time over the cache's state: ``adapmoe``, ``hobbit`` (``depth``),
-``moe-infinity`` (``capacity``), ``pregated`` (``accuracy``; reads the true routing: an oracle).
+From the speculative scores or the true routing: ``none``, ``topk`` / ``top<N>`` (``window``), ``score``
+(``mass``, ``max_count``, ``window``), ``oracle``. Deciding over the cache's state too: ``adapmoe``,
+``hobbit`` (``depth``), ``moe-infinity`` (``capacity``), ``pregated`` (``accuracy``; reads the true
+routing: an oracle). All are compiled hooks (:mod:`specmd_env.prefetch.base`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from specmd_env.prefetch.topk import TopKPrefetch
 from specmd_env.user_code import parse_params
 
 PREFETCHERS = ("none", "topk", "score", "oracle", "adapmoe", "hobbit", "moe-infinity", "pregated")
-_PARAMS = {"none": (), "oracle": (), "topk": (), "adapmoe": (), "score": ("mass", "max_count"),
+_PARAMS = {"none": (), "oracle": (), "topk": ("window",), "adapmoe": (), "score": ("mass", "max_count", "window"),
            "hobbit": ("depth",), "moe-infinity": ("capacity",), "pregated": ("accuracy",)}
 
 
@@ -37,7 +38,7 @@ def get_prefetcher(prefetch: str | Prefetcher | None, top_k: int, *, mass: float
     match = re.fullmatch(r"top(\d+)", key)
     if key not in _PARAMS and not (match and int(match.group(1)) >= 1):
         raise SpecMDError(f"unknown prefetcher {prefetch!r}; known: {', '.join(PREFETCHERS)} (or top<N>)")
-    allowed = _PARAMS.get(key, ())
+    allowed = _PARAMS.get("topk" if match else key, ())
     unknown = set(params) - set(allowed)
     if unknown:
         raise SpecMDError(f"prefetcher {name!r} has no parameter {sorted(unknown)[0]!r}; its parameters: "
@@ -47,16 +48,16 @@ def get_prefetcher(prefetch: str | Prefetcher | None, top_k: int, *, mass: float
     if key == "oracle":
         return OraclePrefetch()
     if key == "topk":
-        return TopKPrefetch(top_k)
+        return TopKPrefetch(top_k, **params)
     if match:
-        return TopKPrefetch(int(match.group(1)))
+        return TopKPrefetch(int(match.group(1)), **params)
     if key == "score":
         mass, max_count = params.get("mass", mass), params.get("max_count", max_count)
         if not 0 < mass <= 1:
             raise SpecMDError(f"prefetch mass must be in (0, 1], got {mass!r}")
         if max_count is not None and max_count < 1:
             raise SpecMDError(f"prefetch max_count must be >= 1, got {max_count!r}")
-        return ScorePrefetch(mass=mass, max_count=max_count)
+        return ScorePrefetch(mass=mass, max_count=max_count, window=params.get("window", 1))
     if key == "adapmoe":
         return AdapMoEPrefetch()
     if key == "hobbit":
