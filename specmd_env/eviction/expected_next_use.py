@@ -43,7 +43,7 @@ def expected_steps(v, obj, turn):
     return turn + v.num_layers * (1.0 / frequency(v, obj) - 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # a key that is not inlined gets the whole view per call: 10x slower
 def _latest_first(v, s):
     return -expected_steps(v, v.slot_object[s], sp.next_turn(v, s))
 
@@ -65,6 +65,8 @@ def on_events(tab, n, _):
     decay = v.state_f[DECAY]
     for i in range(n):
         kind, s, obj = sp.event_at(v, i)  # an access (a hit or a miss) in the pass computing now
+        if kind != sp.EV_HIT and kind != sp.EV_MISS:  # the log also holds the prefetcher's kinds
+            continue
         age = v.pass_id - v.state_i[LAST_PASS + obj]
         if age > 0 or v.state_f[COUNTS + obj] == 0.0:
             v.state_f[COUNTS + obj] = v.state_f[COUNTS + obj] * decay ** age + 1.0
