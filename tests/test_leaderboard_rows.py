@@ -60,18 +60,22 @@ def test_user_policy_file_and_presets_in_a_sweep(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     user = f"{EXAMPLE}:LAYER_DISTANCE"
     argv = ["--traces", str(tiny), "--capacities", "0.01", "0.05", "--hardware", "paper-a100-5gbps", "--seeds", "0-1",
-            "--evictions", "lru", "random", "belady", user, "--prefetches", "none", "score",
+            "--evictions", "lru", user, "--prefetches", "none", "score",
             "--presets", "specmd", "mixtral-offloading", "pregated", "--out", str(out), "--workers", "1",
             "--no-learned", "--no-plots", "--quiet"]
     assert leaderboard.main(argv) == 0
     df = pd.DataFrame.from_records(list(load_rows(out / "runs.csv").values()))
-    policies = set(stats.add_normalised(df)["policy"])
+    scored = stats.add_normalised(df)
+    policies = set(scored["policy"])
     assert {f"{user} + none", f"{user} + score", "preset:specmd", "preset:pregated (oracle)"} <= policies
+    # the anchors run although --evictions leaves them out, and only without prefetching
+    assert {"random + none", "belady + none (oracle)"} <= policies and "random + score" not in policies
+    assert scored.loc[scored["eviction"] == user, "normalised"].notna().all()
     # mixtral-offloading's per-layer caches need a slot per layer: 1% of OLMoE (10 slots) has fewer than 16
     offload = df[df["preset"] == "mixtral-offloading"]
     assert set(offload["capacity"]) == {0.05}
     md = (out / "leaderboard.md").read_text()
-    assert "preset:mixtral-offloading left out on tiny at capacity 0.01" in md and "| cells |" in md
+    assert "preset:mixtral-offloading left out on tiny at capacity 0.01: scope='per-layer'" in md and "| cells |" in md
     # the user's rows equal the built-in layer distance (the example is that policy)
     mine = df[df["eviction"] == user].set_index(["capacity", "prefetch", "seed"]).sort_index()
     built_in = build_grid([str(tiny)], [0.01, 0.05], ["paper-a100-5gbps"], ["layer-distance"], ["none", "score"], [0, 1],

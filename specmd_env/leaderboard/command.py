@@ -323,6 +323,11 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
     specs = build_grid(args.traces, args.capacities, args.hardware, args.evictions, args.prefetches, args.seeds,
                        sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
                        delay=args.run_delay, presets=args.presets, cross_all=args.cross_all, skipped=notes)
+    anchors = [ev for ev in (stats.ANCHOR_LOW[0], stats.ANCHOR_HIGH[0]) if ev not in args.evictions]
+    if anchors:  # the score's anchors (Random + none, Belady + none) run whatever --evictions says
+        specs += build_grid(args.traces, args.capacities, args.hardware, anchors, ["none"], args.seeds,
+                            sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
+                            delay=args.run_delay)
     if not args.no_learned:
         from specmd_env.leaderboard.learned import agent_specs
         messages: list[str] = []

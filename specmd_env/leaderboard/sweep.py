@@ -251,7 +251,7 @@ def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sa
     specs = []
     w = (float(weights.collision), float(weights.latency), float(weights.miss))
     code = code_version()
-    notes: dict[str, None] = {}
+    left_out: dict[tuple, list] = {}   # (row, trace, why) -> the (capacity, hardware) cells
     for i, trace in enumerate(traces):
         label, ref = trace_label_and_ref(trace)
         t = load(ref)
@@ -263,8 +263,8 @@ def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sa
                 for ev, pf, preset in rows:
                     problem = row_problem(ref, model, hw, float(capacity), ev, pf, preset)
                     if problem:
-                        notes.setdefault(f"{preset and 'preset:' + preset or ev + ' + ' + pf} left out on {label}"
-                                         f"{'' if 'speculative' in problem else f' at capacity {capacity:g}, {hw}'}: {problem}")
+                        row = f"preset:{preset}" if preset else f"{ev} + {pf}"
+                        left_out.setdefault((row, label, problem), []).append((float(capacity), hw))
                         continue
                     row_inputs = _digest(inputs, user_files_fingerprint(ev, pf)) if ".py:" in ev + pf else inputs
                     for seed in seeds:
@@ -273,7 +273,13 @@ def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sa
                                              sample_requests(t.num_requests, int(seed), sample_frac), w,
                                              delay=delay, preset=preset))
     if skipped is not None:
-        skipped.extend(notes)
+        cells = len(capacities) * len(hardware)
+        for (row, label, problem), where in left_out.items():
+            caps = sorted({c for c, _ in where})
+            at = "in every cell" if len(where) == cells else f"at capacity {', '.join(f'{c:g}' for c in caps)}"
+            if len(where) not in (cells, len(caps) * len(hardware)):
+                at += f" on {', '.join(sorted({h for _, h in where}))}"
+            skipped.append(f"{row} left out on {label} {at}: {problem}")
     specs.sort(key=RunSpec.sort_key)
     return specs
 
