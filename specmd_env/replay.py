@@ -493,6 +493,18 @@ class Replay:
                               f"empty, or outside this layer's share); candidates: {shorten(np.flatnonzero(self.candidate_mask()))}")
         self.ist[K.I_ACTION] = int(slot)
 
+    def policy_victim(self) -> int:
+        """The answer this replay's own compiled eviction policy gives to the pending decision: a slot,
+        or -1 (bypass). What an agent that decides "as the policy would" passes to :meth:`decide`; the
+        kernel delivers the policy's events before it pauses, so the hook sees the whole history."""
+        if self.pending_kind not in ("demand", "prefetch"):
+            raise SpecMDError(f"no eviction decision is pending (pending: {self.pending_kind})")
+        if self.policy is None:
+            raise SpecMDError(f"eviction policy {self.eviction_label!r} is a Python object, not compiled: ask it, "
+                              "policy_object.victim(view())")
+        lo, hi = self.decision_scope()
+        return int(self.policy.victim.ctypes(self.tab_address, lo, hi))
+
     def view(self) -> "PythonView":
         """The named state a Python policy reads (numpy views; valid until the replay moves on)."""
         return PythonView(self)

@@ -34,9 +34,14 @@ def tiny(tmp_path_factory) -> Path:
     return path
 
 
+# the grid of the first leaderboard: 7 evictions x 4 prefetchers, no presets (default rows: test_leaderboard_rows.py)
+ROWS = ["--evictions", "lru", "fifo", "lfu", "random", "least-stale", "belady", "belady-bypass",
+        "--prefetches", "none", "topk", "score", "oracle", "--cross-all", "--presets"]
+
+
 def argv(trace: Path, out: Path, *extra: str) -> list[str]:
     return ["--traces", str(trace), "--capacities", *CAPS, "--hardware", *PROFILES, "--seeds", "0-1",
-            "--out", str(out), "--workers", "1", "--quiet", "--no-learned", *extra]
+            "--out", str(out), "--workers", "1", "--quiet", "--no-learned", *ROWS, *extra]
 
 
 def read(out: Path) -> pd.DataFrame:
@@ -149,8 +154,8 @@ def test_learned_agents_hook(tiny, tmp_path, capsys, monkeypatch):
 def test_ray_backend_matches_local(tiny, tmp_path):
     pytest.importorskip("ray")
     small = ["--traces", str(tiny), "--capacities", "0.1", "--hardware", "paper-a100-5gbps", "--seeds", "0-1",
-             "--evictions", "lru", "random", "belady", "--prefetches", "none", "score", "--quiet", "--no-learned",
-             "--no-plots"]
+             "--evictions", "lru", "random", "belady", "--prefetches", "none", "score", "--presets", "--quiet",
+             "--no-learned", "--no-plots"]
     assert leaderboard.main([*small, "--out", str(tmp_path / "local"), "--workers", "2"]) == 0
     assert leaderboard.main([*small, "--out", str(tmp_path / "ray"), "--workers", "2", "--backend", "ray"]) == 0
     local = (tmp_path / "local" / "runs.csv").read_bytes()

@@ -37,8 +37,8 @@ def tiny(tmp_path_factory) -> Path:
 
 def argv(trace, out, *extra) -> list[str]:
     return ["--traces", str(trace), "--capacities", "0.05", "--hardware", "paper-a100-5gbps", "--seeds", "0-1",
-            "--evictions", "lru", "random", "belady", "--prefetches", "none", "--out", str(out), "--workers", "1",
-            "--quiet", "--no-learned", "--no-plots", *extra]
+            "--evictions", "lru", "random", "belady", "--prefetches", "none", "--presets", "--out", str(out),
+            "--workers", "1", "--quiet", "--no-learned", "--no-plots", *extra]
 
 
 def rows(out: Path) -> dict:

@@ -293,6 +293,8 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
             if base.decision == "eviction" and isinstance(agent, PrefetchAgent):
                 raise SpecMDError(f"{spec!r} is a prefetch agent; this env asks for evictions")
             return agent
+    if (compiled := importlib.import_module("specmd_env.agents.compiled").policy_agent(spec, env)) is not None:
+        return compiled  # an eviction policy by name or file.py:NAME (specmd_env/agents/compiled.py)
     try:
         learned = importlib.import_module("specmd_env.agents.learned")
     except ImportError as exc:

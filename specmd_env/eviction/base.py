@@ -57,7 +57,8 @@ class EvictionPolicy:
     def label(self) -> str:
         """The name with its non-default parameters, marked (oracle) if it reads the future."""
         changed = {k: v for k, v in self.params.items() if v != self.defaults[k]}
-        name = self.name + "".join(f":{k}={v}" for k, v in changed.items())
+        name = self.name + (":" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in changed.items()) if changed else "")
         return f"{name} (oracle)" if self.is_oracle else name
 
     @property

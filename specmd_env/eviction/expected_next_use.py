@@ -15,8 +15,6 @@ when its own expected next use is no nearer than the victim's (it is then served
 buffer), as Belady with bypass does with the true future. Every reading is causal.
 """
 
-from numba import njit
-
 from specmd_env import policy as sp
 from specmd_env.eviction.base import EvictionPolicy
 
@@ -27,7 +25,7 @@ DECAY, WINDOW = 0, 1  # state_f[0:2]: per-pass decay (0: whole history), effecti
 COUNTS = 2            # state_f[2:]: per object, decayed uses as of its last use
 
 
-@njit(cache=True, inline="always")
+@sp.njit_policy
 def frequency(v, obj):
     """Estimated fraction of passes that use ``obj``."""
     decay = v.state_f[DECAY]
@@ -38,13 +36,13 @@ def frequency(v, obj):
     return (count + 1.0) / (window + 2.0)
 
 
-@njit(cache=True, inline="always")
+@sp.njit_policy
 def expected_steps(v, obj, turn):
     """Expected layer steps until ``obj`` (whose layer's next turn is ``turn`` steps away) is used."""
     return turn + v.num_layers * (1.0 / frequency(v, obj) - 1.0)
 
 
-@sp.njit_policy
+@sp.njit_policy  # inlined: a key that is not gets the whole view per call, 10x slower
 def _latest_first(v, s):
     return -expected_steps(v, v.slot_object[s], sp.next_turn(v, s))
 
@@ -68,6 +66,8 @@ def on_events(tab, n, _):
         kind, s, obj = sp.event_at(v, i)
         if kind == sp.EV_PASS:  # events arrive in batches: later ones may be of a later pass
             v.state_i[EVENT_PASS] = obj
+            continue
+        if kind != sp.EV_HIT and kind != sp.EV_MISS:  # the log also holds the prefetcher's kinds
             continue
         p = v.state_i[EVENT_PASS]  # an access (a hit or a miss) in pass p
         age = p - v.state_i[LAST_PASS + obj]

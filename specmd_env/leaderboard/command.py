@@ -1,7 +1,9 @@
-"""``specmd leaderboard``: every eviction x prefetch policy, the oracles and the committed learned
-agents, scored with ``RewardWeights`` over traces x capacities x hardware profiles x seeds.
+"""``specmd leaderboard``: eviction policies, prefetchers, the literature's systems (presets), the oracles
+and the committed learned agents, scored with ``RewardWeights`` over traces x capacities x hardware
+profiles x seeds. Which (eviction, prefetch) pairs are rows: :mod:`specmd_env.leaderboard.rows`.
 
-    specmd leaderboard                      # the default sweep on the embedded traces (a few minutes)
+    specmd leaderboard                      # the default sweep on the embedded traces (minutes; README)
+    specmd leaderboard --evictions lru my_policy.py:MINE --prefetches none score --presets
     specmd leaderboard --backend ray        # the same runs on Ray (local, or --address of a cluster)
 
 Writes to ``--out`` (default ``runs/leaderboard/`` under the current directory; the committed copy in
@@ -14,7 +16,7 @@ Writes to ``--out`` (default ``runs/leaderboard/`` under the current directory; 
   TTFT, TPOT; mean and 95% bootstrap interval) and the normalised score by capacity, hardware, trace.
 * ``hit_rate_vs_capacity.png``, ``collisions_least_stale_vs_lru.png``, ``ttft_by_hardware.png``.
 
-Scoring (normalisation, intervals): :mod:`specmd_env.leaderboard.stats`. Seeds and request samples, run ids and
+Rows: :mod:`specmd_env.leaderboard.rows`. Scoring (normalisation, intervals): :mod:`specmd_env.leaderboard.stats`. Seeds and request samples, run ids and
 the file: :mod:`specmd_env.leaderboard.sweep`. Backends: :mod:`specmd_env.leaderboard.backends`. Learned agents:
 :mod:`specmd_env.leaderboard.learned`.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -36,7 +39,9 @@ from specmd_env.reward import RewardWeights
 
 from specmd_env.leaderboard import stats
 from specmd_env.leaderboard.backends import BACKENDS, default_workers, iter_results
-from specmd_env.leaderboard.sweep import EVICTIONS, PREFETCHES, RunLog, build_grid, folder_lock, trace_label_and_ref
+from specmd_env.leaderboard.rows import (BEST_CAUSAL, EVICTIONS, PREFETCHES, check_eviction, check_prefetch, check_preset,
+                                         presets)
+from specmd_env.leaderboard.sweep import RunLog, build_grid, folder_lock, trace_label_and_ref
 
 DEFAULT_TRACES = ["olmoe-synthetic", "mixtral-synthetic"]  # qwen3-synthetic: add with --traces (its Belady runs at 25% take minutes)
 DEFAULT_CAPACITIES = [0.01, 0.05, 0.25]
@@ -71,9 +76,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hardware", "--profiles", nargs="+", default=DEFAULT_PROFILES, metavar="PROFILE",
                         dest="hardware", help="hardware profiles (specmd_env/data/hardware.toml)")
     parser.add_argument("--evictions", nargs="+", default=list(EVICTIONS), metavar="POLICY",
-                        help="eviction policies (belady, belady-bypass are oracles)")
+                        help="eviction policies: names with parameters (lru:prefetch_at=mru-end) or path/to/file.py:NAME "
+                             "(belady, belady-bypass are oracles)")
     parser.add_argument("--prefetches", nargs="+", default=list(PREFETCHES), metavar="PREFETCHER",
-                        help="prefetchers (oracle is an oracle)")
+                        help="prefetchers; none, score and oracle run with every eviction, the others with lru and "
+                             "the best causal eviction only (see --cross-all; oracle and pregated are oracles)")
+    parser.add_argument("--presets", nargs="*", default=None, metavar="PRESET",
+                        help="literature systems as rows of their own (default: all of specmd_env/data/presets.toml; "
+                             "--presets with no name: none)")
+    parser.add_argument("--cross-all", action="store_true", help="run every eviction with every prefetcher")
     parser.add_argument("--seeds", type=_seeds, default=DEFAULT_SEEDS, metavar="SEEDS",
                         help="seeds: '0-4', '0,1,2' or '3'")
     parser.add_argument("--sample-frac", type=float, default=DEFAULT_SAMPLE_FRAC,
@@ -111,6 +122,10 @@ def canonical_command(args) -> str:
     add("--hardware", args.hardware, DEFAULT_PROFILES)
     add("--evictions", args.evictions, list(EVICTIONS))
     add("--prefetches", args.prefetches, list(PREFETCHES))
+    if args.presets != list(presets()):
+        parts.append(" ".join(["--presets"] + args.presets))
+    if args.cross_all:
+        parts.append("--cross-all")
     add("--seeds", ",".join(map(str, args.seeds)), ",".join(map(str, DEFAULT_SEEDS)))
     add("--sample-frac", f"{args.sample_frac:g}", f"{DEFAULT_SAMPLE_FRAC:g}")
     if args.no_learned:
@@ -126,12 +141,16 @@ def _validate(args) -> None:
     unknown = sorted(set(args.hardware) - set(list_profiles()))
     if unknown:
         raise SpecMDError(f"unknown hardware profile(s) {unknown}; known: {', '.join(list_profiles())}")
-    bad = sorted(set(args.evictions) - set(EVICTIONS))
-    if bad:
-        raise SpecMDError(f"unknown eviction policies {bad}; known: {', '.join(EVICTIONS)}")
-    bad = sorted(set(args.prefetches) - set(PREFETCHES))
-    if bad:
-        raise SpecMDError(f"unknown prefetchers {bad}; known: {', '.join(PREFETCHES)}")
+    if args.presets is None:
+        args.presets = list(presets())
+    for option, values, check in (("--evictions", args.evictions, check_eviction),
+                                  ("--prefetches", args.prefetches, check_prefetch),
+                                  ("--presets", args.presets, check_preset)):
+        for value in values:
+            try:
+                check(value)
+            except SpecMDError as exc:
+                raise SpecMDError(f"{option}: {exc}") from None
     if not all(0 < c <= 1 for c in args.capacities):
         raise SpecMDError(f"capacities must be fractions in (0, 1], got {args.capacities}")
     if not 0 < args.sample_frac <= 1:
@@ -147,7 +166,8 @@ def _validate(args) -> None:
     if args.learned_requests < 1:
         raise SpecMDError(f"--learned-requests must be >= 1, got {args.learned_requests}")
     for option, values in (("--seeds", args.seeds), ("--capacities", args.capacities), ("--hardware", args.hardware),
-                           ("--evictions", args.evictions), ("--prefetches", args.prefetches)):
+                           ("--evictions", args.evictions), ("--prefetches", args.prefetches),
+                           ("--presets", args.presets)):
         no_repeats(option, values)
     labels: dict[str, str] = {}
     for trace in args.traces:
@@ -189,17 +209,19 @@ def _cell(rec, metric, kind) -> str:
 TABLE_COLUMNS = [("normalised", "score (Random=0, Belady=1)", "norm"), ("reward", "reward", "reward"),
                  ("hit_rate", "hit rate", "rate"), ("token_hit_rate", "token hit rate", "rate"),
                  ("collision_misses", "collision misses", "count"), ("stall_seconds", "stall (s)", "seconds"),
-                 ("mean_ttft_seconds", "TTFT (s)", "seconds"), ("mean_tpot_seconds", "TPOT (ms)", "ms")]
+                 ("mean_ttft_seconds", "TTFT (s)", "seconds"), ("mean_tpot_seconds", "TPOT (ms)", "ms"),
+                 ("degraded_mass_fraction", "degraded gate mass", "rate")]
 
 
 def markdown_table(summary: pd.DataFrame, limit: int | None = None) -> str:
-    head = "| rank | policy | " + " | ".join(t for _, t, _ in TABLE_COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (2 + len(TABLE_COLUMNS))]
+    head = "| rank | policy | cells | " + " | ".join(t for _, t, _ in TABLE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(TABLE_COLUMNS))]
     for _, rec in summary.iterrows():
         if limit is not None and rec["rank"] > limit:
             break
         cells = [_cell(rec, m, k) for m, _, k in TABLE_COLUMNS]
-        lines.append(f"| {rec['rank']} | {rec['policy']} | " + " | ".join(cells) + " |")
+        lossy = " **(lossy)**" if rec["degraded_mass_fraction"] > 0 else ""   # it skipped or degraded experts
+        lines.append(f"| {rec['rank']} | {rec['policy']}{lossy} | {rec['strata']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -229,6 +251,16 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
         f"seed replays a sample of {args.sample_frac:g} of each trace's requests (drawn without replacement, "
         f"kept in trace order) and seeds the Random policy. {len(df)} runs in {n_cells} "
         f"(trace, capacity, hardware) cells.",
+        "",
+        "**Rows** (`specmd_env/leaderboard/rows.py`): every eviction policy with prefetch none, score and oracle; "
+        "the literature's other prefetchers with `lru` and the strongest causal policy "
+        f"(`{BEST_CAUSAL}`, its half-life fitted on the train split: experiments/results/tuning.md); each "
+        "preset (`preset:NAME`: a literature system's eviction, prefetch, scope, copy engine and miss handler "
+        "together, `specmd_env/data/presets.toml`) as a row of its own. *cells*: the (trace, capacity, hardware) "
+        "cells a row ran in -- a preset impossible in a cell is left out there (see Notes), so its means cover "
+        "fewer cells. *degraded gate mass*: the share of gate mass dropped, substituted or served in low "
+        "precision (presets with a lossy miss handler or adaptive gating; such rows are marked **(lossy)**); "
+        "the reward does not charge it, so a lossy row's score is not comparable with the others'.",
         "",
         "**Score** = (R - R_random) / (R_belady - R_random), per (trace, capacity, hardware, seed), where R is "
         "`RewardWeights().score(result)` (reward = -(1 x collision misses + 100 x stall seconds); higher is "
@@ -290,11 +322,12 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
     notes: list[str] = []
     specs = build_grid(args.traces, args.capacities, args.hardware, args.evictions, args.prefetches, args.seeds,
                        sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
-                       delay=args.run_delay)
-    from specmd_env.leaderboard.sweep import load
-    for trace in args.traces:
-        if load(trace_label_and_ref(trace)[1]).spec_scores is None and {"topk", "score"} & set(args.prefetches):
-            notes.append(f"trace {trace} has no speculative scores: topk and score prefetching left out for it")
+                       delay=args.run_delay, presets=args.presets, cross_all=args.cross_all, skipped=notes)
+    anchors = [ev for ev in (stats.ANCHOR_LOW[0], stats.ANCHOR_HIGH[0]) if ev not in args.evictions]
+    if anchors:  # the score's anchors (Random + none, Belady + none) run whatever --evictions says
+        specs += build_grid(args.traces, args.capacities, args.hardware, anchors, ["none"], args.seeds,
+                            sample_frac=args.sample_frac, weights=RewardWeights(), models=args.models,
+                            delay=args.run_delay)
     if not args.no_learned:
         from specmd_env.leaderboard.learned import agent_specs
         messages: list[str] = []
@@ -303,8 +336,10 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
             messages.append(message)
             log(message)
         hardware = tuple(h for h in args.learned_hardware if h in args.hardware)
-        specs += agent_specs(specs, args.trained_dir, log=note, max_requests=args.learned_requests,
-                             hardware=hardware)
+        derived = agent_specs(specs, args.trained_dir, log=note, max_requests=args.learned_requests,
+                              hardware=hardware)
+        # an agent's own runs are not a preset's, whichever row they were derived from
+        specs += list({s.run_id: s for s in (replace(s, preset="") if s.agent else s for s in derived)}.values())
         notes += [m.removeprefix("leaderboard: ") for m in messages]
     out = Path(args.out)
     failed: list[str] = []

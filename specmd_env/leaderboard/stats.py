@@ -34,18 +34,19 @@ STRATUM = ["trace", "capacity", "hardware"]
 N_RESAMPLES = 2000
 
 
-def policy_name(eviction: str, prefetch: str, oracle: bool) -> str:
-    name = f"{eviction} + {prefetch}"
-    return f"{name} (oracle)" if oracle else name
-
-
 def add_normalised(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` (one row per run) with a ``policy`` and a ``normalised`` column."""
+    from specmd_env.leaderboard.rows import row_label
     df = df.copy()
-    df["policy"] = [policy_name(e, p, bool(o)) for e, p, o in zip(df["eviction"], df["prefetch"], df["oracle"])]
+    if "preset" not in df:
+        df["preset"] = ""
+    df["preset"] = df["preset"].fillna("")
+    df["policy"] = [row_label(e, p, s, bool(o)) for e, p, s, o in
+                    zip(df["eviction"], df["prefetch"], df["preset"], df["oracle"])]
 
     def anchor(eviction, prefetch):
-        sel = df[(df["eviction"] == eviction) & (df["prefetch"] == prefetch) & (df["agent"] == "")]
+        sel = df[(df["eviction"] == eviction) & (df["prefetch"] == prefetch) & (df["agent"] == "")
+                 & (df["preset"] == "")]
         return sel.set_index(CELL)["reward"]
 
     low, high = anchor(*ANCHOR_LOW), anchor(*ANCHOR_HIGH)
@@ -89,7 +90,7 @@ def mean_ci(df: pd.DataFrame, column: str, *, seed: int = 0) -> tuple[float, flo
 
 
 SUMMARY_METRICS = ("normalised", "reward", "hit_rate", "token_hit_rate", "collision_misses", "stall_seconds",
-                   "mean_ttft_seconds", "mean_tpot_seconds")
+                   "mean_ttft_seconds", "mean_tpot_seconds", "degraded_mass_fraction")
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +98,8 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     records = []
     for policy, group in df.groupby("policy", sort=True):
         rec = {"policy": policy, "oracle": bool(group["oracle"].iloc[0]), "runs": len(group),
-               "eviction": group["eviction"].iloc[0], "prefetch": group["prefetch"].iloc[0]}
+               "eviction": group["eviction"].iloc[0], "prefetch": group["prefetch"].iloc[0],
+               "preset": group["preset"].iloc[0] if "preset" in group else ""}
         for metric in SUMMARY_METRICS:
             mean, low, high, strata = mean_ci(group, metric)
             rec[metric], rec[f"{metric}_low"], rec[f"{metric}_high"] = mean, low, high

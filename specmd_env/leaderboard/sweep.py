@@ -44,7 +44,7 @@ import numpy as np
 
 from specmd_env.reward import RewardWeights
 
-SCHEMA = 2  # bump when a run's meaning changes (invalidates every stored run id)
+SCHEMA = 3  # bump when a run's meaning changes (invalidates every stored run id)
 LOCK_NAME = ".leaderboard.lock"
 
 # The source files a run's numbers come from (relative to the specmd_env package). Learned-agent runs
@@ -53,19 +53,14 @@ SIMULATION_CODE = ("kernel", "policy.py", "replay.py", "schedule.py", "simulate.
                    "hardware.py", "models.py", "eviction", "prefetch")
 AGENT_CODE = ("envs", "agents")
 
-EVICTIONS = ("lru", "fifo", "lfu", "random", "least-stale", "belady", "belady-bypass")
-PREFETCHES = ("none", "topk", "score", "oracle")
-ORACLE_EVICTIONS = frozenset({"belady", "belady-bypass"})
-ORACLE_PREFETCHES = frozenset({"oracle"})
-
-SETTING_COLUMNS = ("run_id", "trace", "model", "hardware", "capacity", "eviction", "prefetch", "seed",
+SETTING_COLUMNS = ("run_id", "trace", "model", "hardware", "capacity", "eviction", "prefetch", "preset", "seed",
                    "sample_frac", "agent", "oracle")
 METRIC_COLUMNS = ("reward", "hit_rate", "token_hit_rate", "collision_misses", "stall_seconds",
                   "mean_ttft_seconds", "mean_tpot_seconds", "capacity_slots", "requests", "accesses", "hits",
                   "misses", "compulsory_misses", "capacity_misses", "late_prefetch_misses", "prefetches_issued",
                   "prefetches_used", "prefetches_wasted", "prefetches_skipped", "transfers", "bypassed",
                   "dropped_experts", "evictions", "token_accesses", "total_seconds", "prompt_tokens",
-                  "output_tokens")
+                  "output_tokens", "prefetch_covered_rate", "degraded_mass_fraction")
 COLUMNS = SETTING_COLUMNS + METRIC_COLUMNS
 INT_COLUMNS = frozenset({"seed", "capacity_slots", "requests", "accesses", "hits", "misses", "compulsory_misses",
                          "capacity_misses", "collision_misses", "late_prefetch_misses", "prefetches_issued",
@@ -73,7 +68,8 @@ INT_COLUMNS = frozenset({"seed", "capacity_slots", "requests", "accesses", "hits
                          "dropped_experts", "evictions", "token_accesses", "prompt_tokens", "output_tokens",
                          "oracle"})
 FLOAT_COLUMNS = frozenset({"capacity", "sample_frac", "reward", "hit_rate", "token_hit_rate", "stall_seconds",
-                           "mean_ttft_seconds", "mean_tpot_seconds", "total_seconds"})
+                           "mean_ttft_seconds", "mean_tpot_seconds", "total_seconds", "prefetch_covered_rate",
+                           "degraded_mass_fraction"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class RunSpec:
     hardware: str
     inputs: str             # fingerprint of the model's and the hardware profile's numbers and of the code
     capacity: float
-    eviction: str
+    eviction: str           # a policy spec (name:key=value or file.py:NAME), or the preset's eviction
     prefetch: str
     seed: int
     sample_frac: float
@@ -97,22 +93,27 @@ class RunSpec:
     agent_path: str = ""
     agent_fingerprint: str = ""  # the agent's files (a retrained agent is a new run)
     delay: float = 0.0      # test hook: seconds to sleep before the run (never part of the id)
+    preset: str = ""        # a named system (specmd_env/data/presets.toml): its settings fill the rest
 
     @property
     def oracle(self) -> bool:
-        return self.eviction in ORACLE_EVICTIONS or self.prefetch in ORACLE_PREFETCHES
+        from specmd_env.leaderboard.rows import is_oracle
+        return is_oracle(self.eviction, self.prefetch)
 
     @property
     def run_id(self) -> str:
         key = asdict(self)
         for name in ("trace_ref", "agent_path", "delay"):  # where a file lies or how fast: not what it measures
             key.pop(name)
+        if not self.preset:  # runs without a preset keep the ids they had before presets were rows
+            key.pop("preset")
         key["schema"] = SCHEMA
         text = json.dumps(key, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def sort_key(self) -> tuple:
-        return (self.trace, self.capacity, self.hardware, self.eviction, self.prefetch, self.seed, self.run_id)
+        return (self.trace, self.capacity, self.hardware, self.preset, self.eviction, self.prefetch, self.seed,
+                self.run_id)
 
     @property
     def settings(self) -> tuple:
@@ -121,7 +122,7 @@ class RunSpec:
 
 
 def settings_of(row: dict) -> tuple:
-    return tuple(row[c] for c in ("trace", "model", "hardware", "capacity", "eviction", "prefetch", "seed",
+    return tuple(row[c] for c in ("trace", "model", "hardware", "capacity", "eviction", "prefetch", "preset", "seed",
                                   "sample_frac", "agent"))
 
 
@@ -235,34 +236,83 @@ def sample_requests(num_requests: int, seed: int, sample_frac: float) -> tuple[i
 
 
 def build_grid(traces, capacities, hardware, evictions, prefetches, seeds, *, sample_frac=0.8,
-               weights: RewardWeights = RewardWeights(), models=None, delay: float = 0.0) -> list[RunSpec]:
-    """Every (trace, capacity, hardware, eviction, prefetch, seed) run, in a fixed order.
+               weights: RewardWeights = RewardWeights(), models=None, delay: float = 0.0, presets=(),
+               cross_all: bool = False, skipped: list | None = None) -> list[RunSpec]:
+    """Every run of the rows (:func:`specmd_env.leaderboard.rows.grid_rows`: evictions x prefetchers as
+    that module says, plus the presets) x traces x capacities x hardware x seeds, in a fixed order.
 
-    models: optional model name per trace (default: each trace's own model). Prefetchers that need
-    speculative scores are left out for traces that have none (and said so by the caller)."""
+    models: optional model name per trace (default: each trace's own model). Rows that cannot run on a
+    trace -- a prefetcher that needs speculative scores the trace lacks, a preset impossible there (e.g.
+    per-layer caches with fewer slots than layers) -- are left out, and said so in ``skipped``."""
+    from specmd_env.leaderboard.rows import grid_rows
     from specmd_env.models import get_model
 
+    rows = grid_rows(evictions, prefetches, presets, cross_all=cross_all)
     specs = []
     w = (float(weights.collision), float(weights.latency), float(weights.miss))
     code = code_version()
+    left_out: dict[tuple, list] = {}   # (row, trace, why) -> the (capacity, hardware) cells
     for i, trace in enumerate(traces):
         label, ref = trace_label_and_ref(trace)
         t = load(ref)
         model = get_model(models[i] if models else t.model).name
         fp = fingerprint(ref)
-        for seed in seeds:
-            requests = sample_requests(t.num_requests, int(seed), sample_frac)
-            for capacity in capacities:
-                for hw in hardware:
-                    inputs = inputs_fingerprint(model, hw, code)
-                    for ev in evictions:
-                        for pf in prefetches:
-                            if pf in ("topk", "score") and t.spec_scores is None:
-                                continue
-                            specs.append(RunSpec(label, ref, fp, model, hw, inputs, float(capacity), ev, pf,
-                                                 int(seed), float(sample_frac), requests, w, delay=delay))
+        for capacity in capacities:
+            for hw in hardware:
+                inputs = inputs_fingerprint(model, hw, code)
+                for ev, pf, preset in rows:
+                    problem = row_problem(ref, model, hw, float(capacity), ev, pf, preset)
+                    if problem:
+                        row = f"preset:{preset}" if preset else f"{ev} + {pf}"
+                        left_out.setdefault((row, label, problem), []).append((float(capacity), hw))
+                        continue
+                    row_inputs = _digest(inputs, user_files_fingerprint(ev, pf)) if ".py:" in ev + pf else inputs
+                    for seed in seeds:
+                        specs.append(RunSpec(label, ref, fp, model, hw, row_inputs, float(capacity), ev, pf,
+                                             int(seed), float(sample_frac),
+                                             sample_requests(t.num_requests, int(seed), sample_frac), w,
+                                             delay=delay, preset=preset))
+    if skipped is not None:
+        cells = len(capacities) * len(hardware)
+        for (row, label, problem), where in left_out.items():
+            caps = sorted({c for c, _ in where})
+            at = "in every cell" if len(where) == cells else f"at capacity {', '.join(f'{c:g}' for c in caps)}"
+            if len(where) not in (cells, len(caps) * len(hardware)):
+                at += f" on {', '.join(sorted({h for _, h in where}))}"
+            skipped.append(f"{row} left out on {label} {at}: {problem}")
     specs.sort(key=RunSpec.sort_key)
     return specs
+
+
+def user_files_fingerprint(*specs: str) -> str:
+    """The bytes of the user's policy files named by ``file.py:NAME`` specs: editing one reruns its rows."""
+    return file_fingerprint(*(Path(spec.rpartition(":")[0]) for spec in specs if ".py:" in spec))
+
+
+@lru_cache(maxsize=4096)
+def row_problem(trace_ref: str, model: str, hardware: str, capacity: float, eviction: str, prefetch: str,
+                preset: str) -> str:
+    """Why a row cannot run on a trace and cell ("" if it can). Speculative scores are checked for every
+    row; a preset's settings by building its replay for one request (the same checks as the run)."""
+    from specmd_env.errors import SpecMDError
+    from specmd_env.leaderboard.rows import _prefetcher
+
+    t = load(trace_ref)
+    if not preset:
+        if t.spec_scores is None and _prefetcher(prefetch).needs_spec_scores:
+            return f"prefetcher {prefetch!r} needs speculative scores, which the trace has none of"
+        return ""
+    from specmd_env.presets import apply_preset
+    from specmd_env.replay import Replay
+    from specmd_env.simulate import DEFAULTS
+    given = {**DEFAULTS, "model": model, "hardware": hardware, "capacity": capacity}
+    settings = {k: v for k, v in apply_preset(preset, given, DEFAULTS).items() if k != "preset"}
+    settings["requests"] = [0]
+    try:
+        Replay(t, **settings)
+    except SpecMDError as exc:
+        return str(exc)
+    return ""
 
 
 # -- one run -----------------------------------------------------------------------------------------
@@ -281,12 +331,13 @@ def execute(spec: RunSpec) -> dict:
             return {"run_id": spec.run_id, "error": f"{spec.eviction}: {type(exc).__name__}: {exc}"}
     else:
         result = simulate(trace, model=spec.model, hardware=spec.hardware, capacity=spec.capacity,
-                          eviction=spec.eviction, prefetch=spec.prefetch, seed=spec.seed,
+                          eviction=spec.eviction, prefetch=spec.prefetch, preset=spec.preset or None, seed=spec.seed,
                           requests=None if spec.requests is None else list(spec.requests))
     weights = RewardWeights(*spec.weights)
     metrics = result.as_dict()
     row = {"run_id": spec.run_id, "trace": spec.trace, "model": spec.model, "hardware": spec.hardware,
-           "capacity": spec.capacity, "eviction": spec.eviction, "prefetch": spec.prefetch, "seed": spec.seed,
+           "capacity": spec.capacity, "eviction": spec.eviction, "prefetch": spec.prefetch, "preset": spec.preset,
+           "seed": spec.seed,
            "sample_frac": spec.sample_frac, "agent": spec.agent, "oracle": int(spec.oracle),
            "reward": weights.score(result),
            "requests": len(result.ttft_seconds)}
@@ -380,8 +431,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _sort_key(row: dict) -> tuple:
-    return (row["trace"], row["capacity"], row["hardware"], row["eviction"], row["prefetch"], row["seed"],
-            row["run_id"])
+    return (row["trace"], row["capacity"], row["hardware"], row["preset"], row["eviction"], row["prefetch"],
+            row["seed"], row["run_id"])
 
 
 def write_rows(path: Path, rows) -> None:
