@@ -61,7 +61,7 @@ def bench_cartpole(steps: int) -> float:
 
 
 def bench_vector(num_envs: int, steps: int, rng) -> float:
-    venv = gym.make_vec("SpecMD-OLMoE-v0", num_envs=num_envs, vectorization_mode="vector_entry_point")
+    venv = gym.make_vec("SpecMD-OLMoE-v1", num_envs=num_envs, vectorization_mode="vector_entry_point")
     venv.reset(seed=0)
     mask = venv._mask
     n_steps = -(-steps // num_envs)
@@ -80,18 +80,18 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=64, help="environments in the vectorised measurement")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    warm = gym.make("SpecMD-OLMoE-v0")
+    warm = gym.make("SpecMD-OLMoE-v1")
     bench_single(warm.unwrapped, 2000, rng)  # compile / warm caches
     bench_vector(4, 2000, rng)
-    single = bench_single(gym.make("SpecMD-OLMoE-v0").unwrapped, args.steps, rng)
-    wrapped = bench_single(gym.make("SpecMD-OLMoE-v0"), args.steps, rng)
+    single = bench_single(gym.make("SpecMD-OLMoE-v1").unwrapped, args.steps, rng)
+    wrapped = bench_single(gym.make("SpecMD-OLMoE-v1"), args.steps, rng)
     cart = bench_cartpole(args.steps)
     vec = bench_vector(args.envs, max(args.steps, 20 * args.envs), rng)
-    print(f"SpecMD-OLMoE-v0 single env, unwrapped, random masked agent: {single:12,.0f} decisions/s")
-    print(f"SpecMD-OLMoE-v0 single env, gym.make wrappers, same agent:  {wrapped:12,.0f} decisions/s")
+    print(f"SpecMD-OLMoE-v1 single env, unwrapped, random masked agent: {single:12,.0f} decisions/s")
+    print(f"SpecMD-OLMoE-v1 single env, gym.make wrappers, same agent:  {wrapped:12,.0f} decisions/s")
     print(f"CartPole-v1 unwrapped, fixed actions (peer):                {cart:12,.0f} steps/s")
     print(f"ratio SpecMD unwrapped / CartPole:                          {single / cart:12.2f}")
-    print(f"SpecMD-OLMoE-v0 vector_entry_point, {args.envs} envs:               {vec:12,.0f} decisions/s")
+    print(f"SpecMD-OLMoE-v1 vector_entry_point, {args.envs} envs:               {vec:12,.0f} decisions/s")
 
 
 if __name__ == "__main__":

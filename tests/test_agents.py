@@ -11,7 +11,7 @@ from specmd_env.agents import Agent, JointAgent, load_agent
 
 @pytest.fixture(scope="module")
 def env():
-    return gym.make("SpecMD-OLMoE-v0", requests_per_episode=1, oracle_info=True)
+    return gym.make("SpecMD-OLMoE-v1", requests_per_episode=1, oracle_info=True)
 
 
 @pytest.mark.parametrize("name", ["lru", "fifo", "lfu", "least-stale", "random", "belady"])
@@ -30,7 +30,7 @@ def test_eviction_agents_choose_candidates(env, name):
 
 @pytest.mark.parametrize("name,oracle", [("none", False), ("topk", False), ("score", False), ("oracle", True)])
 def test_prefetch_agents(name, oracle):
-    env = gym.make("SpecMD-OLMoE-Prefetch-v0", requests_per_episode=1, oracle_info=oracle)
+    env = gym.make("SpecMD-OLMoE-Prefetch-v1", requests_per_episode=1, oracle_info=oracle)
     agent = load_agent(name, env)
     assert agent.is_oracle == oracle
     obs, info = env.reset(seed=0)
@@ -43,7 +43,7 @@ def test_prefetch_agents(name, oracle):
 
 
 def test_joint_agent_and_oracle_labels():
-    env = gym.make("SpecMD-OLMoE-Joint-v0", requests_per_episode=1, oracle_info=True)
+    env = gym.make("SpecMD-OLMoE-Joint-v1", requests_per_episode=1, oracle_info=True)
     agent = load_agent("belady+oracle", env)
     assert isinstance(agent, JointAgent) and agent.is_oracle and agent.label == "belady+oracle (oracle)"
     obs, info = env.reset(seed=0)
@@ -58,7 +58,7 @@ def test_mode_mismatch_and_unknown_agents(env):
     with pytest.raises(SpecMDError):
         load_agent("lru")  # handcrafted agents need the env
     with pytest.raises(SpecMDError):
-        load_agent("lru+lfu", gym.make("SpecMD-OLMoE-Joint-v0", requests_per_episode=1))
+        load_agent("lru+lfu", gym.make("SpecMD-OLMoE-Joint-v1", requests_per_episode=1))
 
 
 def test_learned_agents_are_delegated(env, monkeypatch, tmp_path):

@@ -21,7 +21,7 @@ from specmd_env.agents.learned import TRAINED_DIR as TRAINED  # noqa: E402
 from specmd_env.agents.learned import LearnedAgent, infer_algo, load_learned_agent  # noqa: E402
 from specmd_env.agents.train import TrainConfig, load_hyperparams, parse_kwargs, train  # noqa: E402
 
-EVICT, PREFETCH = "SpecMD-OLMoE-v0", "SpecMD-OLMoE-Prefetch-v0"
+EVICT, PREFETCH = "SpecMD-OLMoE-v1", "SpecMD-OLMoE-Prefetch-v1"
 SMALL = {"requests_per_episode": 1}
 FAST_PPO = {"n_steps": 64, "batch_size": 32, "n_epochs": 1, "pretrain_agent": None}
 

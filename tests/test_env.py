@@ -31,20 +31,20 @@ def test_registered_on_import():
 
 
 def test_make_with_module_prefix():
-    env = gym.make("specmd_env:SpecMD-OLMoE-v0", **SMALL)
+    env = gym.make("specmd_env:SpecMD-OLMoE-v1", **SMALL)
     obs, info = env.reset(seed=0)
     base = env.unwrapped
     assert isinstance(base, SpecMDCacheEnv)
     assert base.config["model"] == "olmoe-1b-7b" and base.config["capacity_slots"] == 51
     assert base.config["hardware"] == "paper-a100-5gbps" and base.config["fixed_prefetch"] == "score"
-    assert env.action_space == gym.spaces.Discrete(51)
+    assert env.action_space == gym.spaces.Discrete(52)  # 51 slots, then bypass
     assert info["decision"] in ("demand", "prefetch")
     assert base.replay is not None
 
 
-@pytest.mark.parametrize("env_id,decision", [("SpecMD-Mixtral-v0", "eviction"), ("SpecMD-Qwen3-v0", "eviction"),
-                                             ("SpecMD-OLMoE-Prefetch-v0", "prefetch"),
-                                             ("SpecMD-OLMoE-Joint-v0", "joint")])
+@pytest.mark.parametrize("env_id,decision", [("SpecMD-Mixtral-v1", "eviction"), ("SpecMD-Qwen3-v1", "eviction"),
+                                             ("SpecMD-OLMoE-Prefetch-v1", "prefetch"),
+                                             ("SpecMD-OLMoE-Joint-v1", "joint")])
 def test_ids(env_id, decision):
     env = gym.make(env_id, **SMALL)
     env.reset(seed=1)
@@ -52,7 +52,7 @@ def test_ids(env_id, decision):
 
 
 def test_keywords_resolve():
-    env = gym.make("SpecMD-OLMoE-v0", capacity=0.1, lookahead=2, batch_size=2, w_collision=2.0, w_latency=10.0,
+    env = gym.make("SpecMD-OLMoE-v1", capacity=0.1, lookahead=2, batch_size=2, w_collision=2.0, w_latency=10.0,
                    w_miss=0.5, fixed_prefetch="topk", scope="per-layer", split="train", requests_per_episode=2,
                    hardware="paper-a100-5gbps")
     c = env.unwrapped.config
@@ -74,7 +74,7 @@ def test_keywords_resolve():
 ])
 def test_bad_input_raises_at_make(kwargs, word):
     with pytest.raises(SpecMDError, match=word):
-        gym.make("SpecMD-OLMoE-v0", **kwargs)
+        gym.make("SpecMD-OLMoE-v1", **kwargs)
 
 
 def test_split_is_deterministic():
@@ -89,7 +89,7 @@ def test_split_is_deterministic():
 
 def test_same_seed_same_episode():
     def trajectory(seed):
-        env = gym.make("SpecMD-OLMoE-v0", **SMALL)
+        env = gym.make("SpecMD-OLMoE-v1", **SMALL)
         agent = load_agent("random", env, seed=3)
         rewards, info = run_episode(env, agent, seed=seed)
         return rewards, info["metrics"]
@@ -98,8 +98,8 @@ def test_same_seed_same_episode():
     assert a[1] != c[1]
 
 
-@pytest.mark.parametrize("env_id,agent", [("SpecMD-OLMoE-v0", "random"), ("SpecMD-OLMoE-Prefetch-v0", "score"),
-                                          ("SpecMD-OLMoE-Joint-v0", "lru+topk")])
+@pytest.mark.parametrize("env_id,agent", [("SpecMD-OLMoE-v1", "random"), ("SpecMD-OLMoE-Prefetch-v1", "score"),
+                                          ("SpecMD-OLMoE-Joint-v1", "lru+topk")])
 def test_reward_sum_equals_score(env_id, agent):
     env = gym.make(env_id, **SMALL)
     rewards, info = run_episode(env, load_agent(agent, env))
@@ -109,9 +109,9 @@ def test_reward_sum_equals_score(env_id, agent):
     assert set(info["metrics"]) >= {"hits", "misses", "collision_misses", "stall_seconds", "total_seconds"}
 
 
-@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "least-stale", "belady"])
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "least-stale", "belady", "belady-bypass"])
 def test_agents_through_env_equal_fast_path(policy):
-    env = gym.make("SpecMD-OLMoE-v0", split="test", requests_per_episode=None, oracle_info=policy == "belady")
+    env = gym.make("SpecMD-OLMoE-v1", split="test", requests_per_episode=None, oracle_info=policy.startswith("belady"))
     rewards, info = run_episode(env, load_agent(policy, env))
     ref = simulate("olmoe-synthetic", eviction=policy, prefetch="score", requests=env.unwrapped.split_ids).as_dict()
     got = info["metrics"]
@@ -123,7 +123,7 @@ def test_agents_through_env_equal_fast_path(policy):
 
 
 def test_fixed_eviction_in_prefetch_mode_equals_fast_path():
-    env = gym.make("SpecMD-OLMoE-Prefetch-v0", split="test", requests_per_episode=None, fixed_eviction="lru")
+    env = gym.make("SpecMD-OLMoE-Prefetch-v1", split="test", requests_per_episode=None, fixed_eviction="lru")
     rewards, info = run_episode(env, load_agent("topk", env))
     ref = simulate("olmoe-synthetic", eviction="lru", prefetch="topk", requests=env.unwrapped.split_ids).as_dict()
     for key in ("hits", "misses", "collision_misses", "prefetches_issued", "prefetches_used", "stall_seconds"):
@@ -131,7 +131,7 @@ def test_fixed_eviction_in_prefetch_mode_equals_fast_path():
 
 
 def test_invalid_action_falls_back_with_penalty():
-    env = gym.make("SpecMD-OLMoE-v0", **SMALL, invalid_action_penalty=2.5)
+    env = gym.make("SpecMD-OLMoE-v1", **SMALL, invalid_action_penalty=2.5)
     obs, info = env.reset(seed=0)
     base = env.unwrapped
     masked = np.flatnonzero(~env.unwrapped.action_masks())
@@ -145,18 +145,18 @@ def test_invalid_action_falls_back_with_penalty():
     obs2, r2, *_ , info2 = env.step(load_agent("least-stale", env).act(obs, info))
     assert info2["invalid_action"] is False
     with pytest.raises(SpecMDError):
-        env.step(base.capacity)  # outside the action space
+        env.step(base.rows + 1)  # outside the action space (base.rows: bypass)
 
 
 def test_no_decision_episode_has_one_step():
-    env = gym.make("SpecMD-Mixtral-v0", capacity=1.0, **SMALL)
+    env = gym.make("SpecMD-Mixtral-v1", capacity=1.0, **SMALL)
     obs, info = env.reset(seed=0)
     assert info["decision"] is None and env.unwrapped.action_masks().all()
     obs, r, term, trunc, info = env.step(0)
     assert term and np.isclose(r, info["score"])
 
 
-@pytest.mark.parametrize("env_id", ["SpecMD-OLMoE-v0", "SpecMD-OLMoE-Joint-v0"])
+@pytest.mark.parametrize("env_id", ["SpecMD-OLMoE-v1", "SpecMD-OLMoE-Joint-v1"])
 def test_render_modes(env_id):
     env = gym.make(env_id, render_mode="ansi", **SMALL)
     env.reset(seed=0)
@@ -169,23 +169,23 @@ def test_render_modes(env_id):
 
 
 def test_observation_has_no_future_and_oracle_in_info():
-    env = gym.make("SpecMD-OLMoE-Joint-v0", **SMALL, oracle_info=True)
+    env = gym.make("SpecMD-OLMoE-Joint-v1", **SMALL, oracle_info=True)
     obs, info = env.reset(seed=0)
     lay = env.unwrapped.layout
     assert obs.shape == (lay.size,) and len(lay.names()) == lay.size
-    assert info["next_use"].shape == (51,) and info["next_experts"].shape == (64,)
-    assert "next_use" not in gym.make("SpecMD-OLMoE-v0", **SMALL).reset(seed=0)[1]
+    assert info["next_use"].shape == (52,) and info["next_experts"].shape == (64,)
+    assert "next_use" not in gym.make("SpecMD-OLMoE-v1", **SMALL).reset(seed=0)[1]
 
 
 def test_vector_env_steps_and_autoresets():
-    venv = gym.make_vec("SpecMD-Mixtral-v0", num_envs=3, vectorization_mode="vector_entry_point", **SMALL)
+    venv = gym.make_vec("SpecMD-Mixtral-v1", num_envs=3, vectorization_mode="vector_entry_point", **SMALL)
     from specmd_env.envs.vector_env import SpecMDVectorEnv
     assert isinstance(venv, SpecMDVectorEnv) and isinstance(venv, gym.vector.VectorEnv)
     obs, info = venv.reset(seed=0)
     assert obs.shape == (3, venv.single_observation_space.shape[0])
     agents = [load_agent("lru", venv.envs[i]) for i in range(3)]
     ended, totals = 0, np.zeros(3)
-    single = gym.make("SpecMD-Mixtral-v0", **SMALL)
+    single = gym.make("SpecMD-Mixtral-v1", **SMALL)
     ref_rewards, ref_info = run_episode(single, load_agent("lru", single), seed=0)
     for _ in range(20000):
         actions = np.array([a.act(o, {}) for a, o in zip(agents, obs)])

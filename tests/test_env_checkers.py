@@ -9,7 +9,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import specmd_env  # noqa: F401
 
-IDS = ["SpecMD-OLMoE-v0", "SpecMD-OLMoE-Prefetch-v0", "SpecMD-OLMoE-Joint-v0", "SpecMD-Mixtral-v0"]
+IDS = ["SpecMD-OLMoE-v1", "SpecMD-OLMoE-Prefetch-v1", "SpecMD-OLMoE-Joint-v1", "SpecMD-Mixtral-v1"]
 
 
 @pytest.mark.parametrize("env_id", IDS)
@@ -28,7 +28,7 @@ def test_sb3_checker(env_id):
 
 def test_maskable_ppo_smoke():
     from sb3_contrib import MaskablePPO
-    env = gym.make("SpecMD-Mixtral-v0", requests_per_episode=1)
+    env = gym.make("SpecMD-Mixtral-v1", requests_per_episode=1)
     model = MaskablePPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=256)
     obs, _ = env.reset(seed=0)
@@ -38,5 +38,5 @@ def test_maskable_ppo_smoke():
 
 def test_ppo_accepts_joint_mode():
     from stable_baselines3 import PPO
-    env = gym.make("SpecMD-Mixtral-Joint-v0", requests_per_episode=1)
+    env = gym.make("SpecMD-Mixtral-Joint-v1", requests_per_episode=1)
     PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu").learn(64)

@@ -32,7 +32,7 @@ def one_line_error(capsys, argv: list[str], *fragments: str) -> str:
 
 @pytest.mark.parametrize("action", [2.7, "3", True, np.float64(1.0), np.array([3]), None])
 def test_eviction_actions_of_the_wrong_type_are_refused(action):
-    env = gym.make("SpecMD-OLMoE-v0", **SMALL)
+    env = gym.make("SpecMD-OLMoE-v1", **SMALL)
     env.reset(seed=0)
     with pytest.raises(InvalidActionError, match=r"action must be an integer slot in \[0, 51\)") as info:
         env.step(action)
@@ -41,7 +41,7 @@ def test_eviction_actions_of_the_wrong_type_are_refused(action):
 
 
 def test_prefetch_bits_must_be_zero_or_one():
-    env = gym.make("SpecMD-OLMoE-Prefetch-v0", **SMALL)
+    env = gym.make("SpecMD-OLMoE-Prefetch-v1", **SMALL)
     env.reset(seed=0)
     with pytest.raises(InvalidActionError, match="each 0 or 1"):
         env.step(np.full(64, 0.5))
@@ -51,11 +51,11 @@ def test_prefetch_bits_must_be_zero_or_one():
 
 
 def test_joint_and_vector_actions_must_be_integers():
-    env = gym.make("SpecMD-OLMoE-Joint-v0", **SMALL)
+    env = gym.make("SpecMD-OLMoE-Joint-v1", **SMALL)
     env.reset(seed=0)
     with pytest.raises(InvalidActionError, match="must be integers"):
         env.step(np.zeros(65, np.float64))
-    venv = gym.make_vec("SpecMD-Mixtral-v0", num_envs=2, vectorization_mode="vector_entry_point", **SMALL)
+    venv = gym.make_vec("SpecMD-Mixtral-v1", num_envs=2, vectorization_mode="vector_entry_point", **SMALL)
     venv.reset(seed=0)
     with pytest.raises(InvalidActionError, match="integer slots"):
         venv.step(np.array([0.0, 1.0]))
@@ -79,7 +79,7 @@ def test_request_indices_are_integers():
     with pytest.raises(SpecMDError, match="request indices must hold integers only; item 1 is 1.0"):
         trace.select_requests([0, 1.0])
     assert trace.select_requests(np.array([2, 0])).num_requests == 2
-    env = gym.make("SpecMD-OLMoE-v0", **SMALL)
+    env = gym.make("SpecMD-OLMoE-v1", **SMALL)
     with pytest.raises(SpecMDError, match=r"options\['requests'\] must hold integers only"):
         env.reset(seed=0, options={"requests": [0.0]})
     with pytest.raises(SpecMDError, match=r"options\['requests'\] must be integers in \[0, 20\)"):

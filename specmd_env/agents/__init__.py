@@ -8,7 +8,7 @@ checks that the environment driven by them gives the fast path's metrics). Oracl
 ``is_oracle``.
 
 ``load_agent(spec, env)``: ``"lru"``, ``"fifo"``, ``"lfu"``, ``"least-stale"``, ``"random"``,
-``"belady"`` (eviction), ``"none"``, ``"topk"``, ``"score"``, ``"oracle"`` (prefetch), ``"lru+score"``
+``"belady"``, ``"belady-bypass"`` (eviction), ``"none"``, ``"topk"``, ``"score"``, ``"oracle"`` (prefetch), ``"lru+score"``
 (joint: eviction agent + prefetch agent), or a learned agent (a ``.zip`` path or a committed name),
 loaded by ``specmd_env.agents.learned.load_learned_agent``.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specmd_env.envs.observation import (S_CANDIDATE, S_INSERT_AGE, S_TOUCH_AGE, S_USE_AGE, S_USE_COUNT,
-                                         ObservationLayout)
+from specmd_env.envs.observation import (G_DEMAND, S_CANDIDATE, S_INSERT_AGE, S_TOUCH_AGE, S_USE_AGE,
+                                         S_USE_COUNT, ObservationLayout)
 from specmd_env.errors import SpecMDError
 
 TRAINED_DIR = Path(str(resources.files("specmd_env").joinpath("data", "agents")))  # committed agents (package data)
@@ -159,6 +159,20 @@ class BeladyAgent(EvictionAgent):
         return int(best[np.argmax(slots[best, S_USE_AGE])])
 
 
+class BeladyBypassAgent(BeladyAgent):
+    """Belady with bypass: for a demand miss, do not cache the incoming expert when its own next use is
+    no nearer than the victim's (the bypass action); prefetches are always admitted. Oracle."""
+    name = "belady-bypass"
+
+    def choose_slot(self, obs, info):
+        slot = super().choose_slot(obs, info)
+        if self.layout.globals(obs)[G_DEMAND] > 0.5:
+            next_use = np.asarray(info["next_use"])
+            if next_use[self.layout.rows] >= next_use[slot]:
+                return self.layout.bypass_action
+        return slot
+
+
 class PrefetchAgent(Agent):
     """Chooses which experts of layer l + lookahead to fetch (a MultiBinary(E) action)."""
 
@@ -247,7 +261,7 @@ class JointAgent(Agent):
 
 
 EVICTION_AGENTS = {"lru": LRUAgent, "fifo": FIFOAgent, "lfu": LFUAgent, "least-stale": LeastStaleAgent,
-                   "random": RandomAgent, "belady": BeladyAgent}
+                   "random": RandomAgent, "belady": BeladyAgent, "belady-bypass": BeladyBypassAgent}
 PREFETCH_AGENTS = {"none": NoPrefetchAgent, "topk": TopKPrefetchAgent, "score": ScorePrefetchAgent,
                    "oracle": OraclePrefetchAgent}
 HANDCRAFTED = sorted(EVICTION_AGENTS) + sorted(PREFETCH_AGENTS)
@@ -301,6 +315,6 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
     return learned.load_learned_agent(spec, env)
 
 
-__all__ = ["Agent", "BeladyAgent", "EVICTION_AGENTS", "EvictionAgent", "FIFOAgent", "HANDCRAFTED", "JointAgent",
+__all__ = ["Agent", "BeladyAgent", "BeladyBypassAgent", "EVICTION_AGENTS", "EvictionAgent", "FIFOAgent", "HANDCRAFTED", "JointAgent",
            "LFUAgent", "LRUAgent", "LeastStaleAgent", "NoPrefetchAgent", "OraclePrefetchAgent", "PREFETCH_AGENTS",
            "PrefetchAgent", "RandomAgent", "ScorePrefetchAgent", "TRAINED_DIR", "TopKPrefetchAgent", "load_agent"]

@@ -1,6 +1,6 @@
 """``specmd evaluate``: any agent -- handcrafted, learned (.zip or committed name) or oracle -- on any env id.
 
-    specmd evaluate --agent lru least-stale belady maskable_ppo_olmoe_evict --env SpecMD-OLMoE-v0 \\
+    specmd evaluate --agent lru least-stale belady maskable_ppo_olmoe_evict --env SpecMD-OLMoE-v1 \\
         --split test --seeds 0 1 2 3 4
 
 Each (agent, seed, episode) is one episode of ``gym.make(env, split=..., requests_per_episode=...,
@@ -211,7 +211,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", nargs="+", required=True,
                         help="one or more agents: a handcrafted/oracle name (lru, least-stale, belady, ...), "
                              "a committed learned agent's name, or a PATH.zip; several are compared on the same episodes")
-    parser.add_argument("--env", default="SpecMD-OLMoE-v0", help="gymnasium env id (default %(default)s)")
+    parser.add_argument("--env", default="SpecMD-OLMoE-v1", help="gymnasium env id (default %(default)s)")
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="K=V", help="gym.make keywords, e.g. capacity=0.1")
     parser.add_argument("--split", default="test", choices=("train", "test", "all"),
                         help="which requests (default test: held out from training)")

@@ -1,6 +1,6 @@
 """``specmd train``: train an RL eviction or prefetch agent with Stable-Baselines3 (rl-zoo3 style).
 
-    specmd train --algo maskable_ppo --env SpecMD-OLMoE-v0 --seed 0 --eval-freq 50000 \\
+    specmd train --algo maskable_ppo --env SpecMD-OLMoE-v1 --seed 0 --eval-freq 50000 \\
         --save runs/agents/my_agent.zip
 
 Hyperparameters come from ``specmd_env/data/hyperparams/<algo>.yml`` keyed by env id (``default`` applies to
@@ -53,7 +53,7 @@ class TrainConfig:
     """Everything one training run depends on (saved as JSON beside the model)."""
 
     algo: str                                   # ppo | maskable_ppo | dqn
-    env: str = "SpecMD-OLMoE-v0"                 # a registered gymnasium id
+    env: str = "SpecMD-OLMoE-v1"                 # a registered gymnasium id
     env_kwargs: dict = field(default_factory=dict)  # gym.make keywords (split defaults to "train")
     timesteps: int | None = None                # env steps to train (None: the hyperparameter file's n_timesteps)
     n_envs: int | None = None                   # parallel envs (None: the hyperparameter file's, else 1)
@@ -682,7 +682,7 @@ def plot_learning_curve(monitor_dir: str | os.PathLike, png: str | os.PathLike, 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", required=True, choices=TRAIN_ALGOS, help="learning algorithm")
-    parser.add_argument("--env", default="SpecMD-OLMoE-v0", help="gymnasium env id (default %(default)s)")
+    parser.add_argument("--env", default="SpecMD-OLMoE-v1", help="gymnasium env id (default %(default)s)")
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="K=V",
                         help="gym.make keywords, e.g. capacity=0.1 requests_per_episode=2 (split defaults to train)")
     parser.add_argument("--timesteps", type=int, default=None, help="env steps to train (default: the YAML's n_timesteps); "

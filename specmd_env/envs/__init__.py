@@ -1,4 +1,4 @@
-"""Gymnasium environments over the replay kernel: ``SpecMD-OLMoE-v0`` and friends (see registration)."""
+"""Gymnasium environments over the replay kernel: ``SpecMD-OLMoE-v1`` and friends (see registration)."""
 
 from specmd_env.envs.cache_env import SpecMDCacheEnv, split_requests
 from specmd_env.envs.observation import ObservationLayout

@@ -20,15 +20,15 @@ ENTRY_POINT = "specmd_env.envs.registration:make_env"
 VECTOR_ENTRY_POINT = "specmd_env.envs.registration:make_vector_env"
 
 ENV_IDS: dict[str, dict] = {
-    "SpecMD-OLMoE-v0": {"model": "olmoe-1b-7b", "decision": "eviction"},
-    "SpecMD-Mixtral-v0": {"model": "mixtral-8x7b", "decision": "eviction"},
-    "SpecMD-Qwen3-v0": {"model": "qwen3-30b-a3b", "decision": "eviction"},
-    "SpecMD-OLMoE-Prefetch-v0": {"model": "olmoe-1b-7b", "decision": "prefetch"},
-    "SpecMD-OLMoE-Joint-v0": {"model": "olmoe-1b-7b", "decision": "joint"},
-    "SpecMD-Mixtral-Prefetch-v0": {"model": "mixtral-8x7b", "decision": "prefetch"},
-    "SpecMD-Mixtral-Joint-v0": {"model": "mixtral-8x7b", "decision": "joint"},
-    "SpecMD-Qwen3-Prefetch-v0": {"model": "qwen3-30b-a3b", "decision": "prefetch"},
-    "SpecMD-Qwen3-Joint-v0": {"model": "qwen3-30b-a3b", "decision": "joint"},
+    "SpecMD-OLMoE-v1": {"model": "olmoe-1b-7b", "decision": "eviction"},
+    "SpecMD-Mixtral-v1": {"model": "mixtral-8x7b", "decision": "eviction"},
+    "SpecMD-Qwen3-v1": {"model": "qwen3-30b-a3b", "decision": "eviction"},
+    "SpecMD-OLMoE-Prefetch-v1": {"model": "olmoe-1b-7b", "decision": "prefetch"},
+    "SpecMD-OLMoE-Joint-v1": {"model": "olmoe-1b-7b", "decision": "joint"},
+    "SpecMD-Mixtral-Prefetch-v1": {"model": "mixtral-8x7b", "decision": "prefetch"},
+    "SpecMD-Mixtral-Joint-v1": {"model": "mixtral-8x7b", "decision": "joint"},
+    "SpecMD-Qwen3-Prefetch-v1": {"model": "qwen3-30b-a3b", "decision": "prefetch"},
+    "SpecMD-Qwen3-Joint-v1": {"model": "qwen3-30b-a3b", "decision": "joint"},
 }
 
 

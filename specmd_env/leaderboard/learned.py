@@ -89,7 +89,7 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, max_r
         meta = metadata(path)
         kwargs = meta.get("env_kwargs", {}) or {}
         name = meta.get("name", path.stem)
-        env_id = meta.get("env_id", "SpecMD-OLMoE-v0")
+        env_id = meta.get("env_id", "SpecMD-OLMoE-v1")
         registered = dict(gym.registry[env_id].kwargs) if env_id in gym.registry else {}
         want_model = kwargs.get("model") or registered.get("model") or meta.get("model")
         # The observation and action spaces depend on the capacity: the env's default unless trained with another.
@@ -178,7 +178,7 @@ def run_agent(spec, trace):
     import specmd_env.envs  # noqa: F401
 
     meta = metadata(Path(spec.agent_path))
-    env_id = meta.get("env_id", "SpecMD-OLMoE-v0")
+    env_id = meta.get("env_id", "SpecMD-OLMoE-v1")
     kwargs = dict(meta.get("env_kwargs", {}) or {})
     kwargs.update(trace=trace, hardware=spec.hardware, capacity=spec.capacity)
     env = gym.make(env_id, **kwargs)
