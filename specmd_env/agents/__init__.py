@@ -158,19 +158,43 @@ class BeladyAgent(EvictionAgent):
             return int(unused[0])
         return int(best[np.argmax(slots[best, S_USE_AGE])])
 
+    def best_rows(self, obs, info, mask) -> np.ndarray:
+        """Every allowed slot whose next use is the farthest (Belady rates them equally)."""
+        rows = self.layout.rows
+        nu = np.asarray(info["next_use"]).astype(np.float64)
+        allowed = np.asarray(mask[:rows], bool)
+        out = np.zeros(rows + 1, bool)
+        if allowed.any():
+            out[:rows] = allowed & (nu[:rows] == nu[:rows][allowed].max())
+        return out
+
 
 class BeladyBypassAgent(BeladyAgent):
     """Belady with bypass: for a demand miss, do not cache the incoming expert when its own next use is
     no nearer than the victim's (the bypass action); prefetches are always admitted. Oracle."""
     name = "belady-bypass"
 
+    def _bypasses(self, obs, info, victim_next_use) -> bool:
+        return self.layout.globals(obs)[G_DEMAND] > 0.5 and \
+            np.asarray(info["next_use"])[self.layout.rows] >= victim_next_use
+
     def choose_slot(self, obs, info):
         slot = super().choose_slot(obs, info)
-        if self.layout.globals(obs)[G_DEMAND] > 0.5:
-            next_use = np.asarray(info["next_use"])
-            if next_use[self.layout.rows] >= next_use[slot]:
-                return self.layout.bypass_action
+        if self._bypasses(obs, info, np.asarray(info["next_use"])[slot]):
+            return self.layout.bypass_action
         return slot
+
+    def best_rows(self, obs, info, mask) -> np.ndarray:
+        """Belady's best slots, with the incoming row when bypassing is at least as good."""
+        out = super().best_rows(obs, info, mask)
+        rows = self.layout.rows
+        if mask[rows] and out.any():
+            nu = np.asarray(info["next_use"])
+            if self._bypasses(obs, info, nu[:rows][out[:rows]][0]):
+                if nu[rows] > nu[:rows][out[:rows]][0]:
+                    out[:] = False
+                out[rows] = True
+        return out
 
 
 class PrefetchAgent(Agent):

@@ -285,6 +285,13 @@ class SpecMDCacheEnv(gym.Env):
                            np.zeros(1 + E, np.int64), np.zeros(self.scratch_size, np.int64))
         self._done = True
 
+    def replay_settings(self) -> dict:
+        """The keywords of :func:`specmd_env.simulate` that replay what this environment replays (trace,
+        model, hardware, capacity, lookahead, batch size, scope, fixed prefetcher): give them an eviction
+        policy (e.g. a compiled learned one) to replay an episode without the environment."""
+        kwargs = {k: v for k, v in self._replay_kwargs.items() if k not in ("observe", "decide", "eviction")}
+        return {"trace": self.trace, **kwargs}
+
     # -- plumbing ------------------------------------------------------------------------------------
     @property
     def scratch_size(self) -> int:

@@ -205,6 +205,20 @@ class SpecMDVectorEnv(VectorEnv):
             self._any_special = bool(self._nodecision.any())
         return self._obs.copy(), self._rewards.copy(), terminated, truncated, self._infos(finals)
 
+    def reset_one(self, i: int, seed: int | None = None) -> np.ndarray:
+        """Reset sub-environment ``i`` now (same-step autoreset, as Stable-Baselines3's VecEnv does) and
+        return its first observation; the next step then steps it normally."""
+        env = self.envs[i]
+        env.reset(seed=seed)
+        self._autoreset[i] = False
+        self._nodecision[i] = env._done
+        self._any_special = bool(self._autoreset.any() or self._nodecision.any())
+        self._steps[i] = 0
+        self._ep_reward[i] = 0.0
+        self._ep_steps[i] = 0
+        self._ep_invalid[i] = 0
+        return self._obs[i].copy()
+
     def action_masks(self) -> np.ndarray:
         """[N, ...] masks for MaskablePPO."""
         return np.stack([env.action_masks() for env in self.envs])
