@@ -70,6 +70,13 @@ def test_weights_file_roundtrip_and_bad_files(tmp_path, cloned):
     path = weights.save(tmp_path / "agent", {"name": "agent"})
     again = ScorerWeights.load(path)
     assert np.array_equal(again.flat(), weights.flat()) and (tmp_path / "agent.json").is_file()
+    env = gym.make("SpecMD-OLMoE-v1", **SMALL)
+    agent = load_agent(str(path), env)  # the exported form acts in the environment too (no torch)
+    obs, info = env.reset(seed=0)
+    for _ in range(50):
+        action = agent.act(obs, info)
+        assert env.unwrapped.action_masks()[action]
+        obs, _, _, _, info = env.step(action)
     np.savez(tmp_path / "bad.npz", w0=np.zeros((3, 4)), b0=np.zeros(4), w_out=np.zeros(4), b_out=np.zeros(1))
     with pytest.raises(SpecMDError, match="inputs"):
         ScorerWeights.load(tmp_path / "bad.npz")
@@ -176,3 +183,35 @@ def test_learned_policy_is_an_eviction_policy(cloned):
     assert a.bypassed > 0 and b.bypassed == 0
     c = simulate("mixtral-synthetic", capacity=0.1, eviction=policy, prefetch="score", requests=[0])  # any model shape
     assert c.evictions + c.bypassed > 0
+
+
+def test_leaderboard_scores_a_learned_agent_on_held_out_requests_of_every_cell(tmp_path):
+    from specmd_env.agents.compiled import F, G
+    from specmd_env.generator import generate_trace
+    from specmd_env.leaderboard import command as leaderboard
+    from specmd_env.leaderboard.sweep import load_rows
+    from specmd_env.trace import save_trace
+
+    trace = generate_trace("olmoe-1b-7b", domains=("github", "arxiv"), requests_per_domain=5, prompt_len=(6, 14),
+                           decode_len=(3, 6), seed=0)
+    save_trace(trace, tmp_path / "tiny.npz")
+    rng = np.random.default_rng(0)
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    ScorerWeights(((rng.normal(size=(F + G, 8)), rng.normal(size=8)),), rng.normal(size=8), 0.0).save(
+        agents / "probe", {"name": "probe", "env_id": "SpecMD-OLMoE-v1", "env_kwargs": {"trace": "olmoe-synthetic"}})
+    out = tmp_path / "out"
+    assert leaderboard.main(["--traces", str(tmp_path / "tiny.npz"), "--capacities", "0.02", "0.1", "--hardware",
+                             "paper-a100-5gbps", "--seeds", "0-1", "--evictions", "lru", "random", "belady",
+                             "--prefetches", "none", "score", "--out", str(out), "--workers", "1", "--quiet",
+                             "--trained-dir", str(agents), "--no-plots"]) == 0
+    rows = list(load_rows(out / "runs.csv").values())
+    agent_rows = [r for r in rows if r["agent"] == "probe"]
+    held = [r for r in rows if r["trace"] == "tiny:held-out" and not r["agent"]]
+    assert {(r["capacity"], r["prefetch"]) for r in agent_rows} == {(0.02, "none"), (0.02, "score"), (0.1, "none"),
+                                                                       (0.1, "score")}
+    assert all(r["eviction"] == "learned:probe" and r["trace"] == "tiny:held-out" for r in agent_rows)
+    assert {r["eviction"] for r in held} == {"lru", "random", "belady"}
+    assert all(r["requests"] <= 2 for r in agent_rows + held)  # the held-out requests (4 and 9) of each sample
+    text = (out / "leaderboard.md").read_text()
+    assert "## Learned agents" in text and "learned:probe + none" in text and "zero-shot" in text

@@ -310,14 +310,14 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
         return spec
     if not isinstance(spec, str):
         raise SpecMDError(f"agent spec must be a name or path, got {type(spec).__name__}")
-    if "+" in spec and not spec.endswith(".zip"):
+    if "+" in spec and not spec.endswith((".zip", ".npz")):
         ev_name, pf_name = spec.split("+", 1)
         ev, pf = _handcrafted(ev_name, env, seed), _handcrafted(pf_name, env, seed)
         if not isinstance(ev, EvictionAgent) or not isinstance(pf, PrefetchAgent):
             raise SpecMDError(f"joint agent {spec!r} must be '<eviction>+<prefetch>' with eviction in "
                               f"{sorted(EVICTION_AGENTS)} and prefetch in {sorted(PREFETCH_AGENTS)}")
         return JointAgent(ev, pf)
-    if not spec.endswith(".zip"):
+    if not spec.endswith((".zip", ".npz")):
         agent = _handcrafted(spec, env, seed)
         if agent is not None:
             base = env.unwrapped

@@ -1,7 +1,8 @@
 """Learned agents: a Stable-Baselines3 model (.zip) behind the :class:`specmd_env.agents` Agent interface.
 
 ``load_learned_agent("runs/agents/my_run/model.zip")`` or, for a committed agent, its name
-(``load_learned_agent("maskable_ppo_olmoe_evict")`` resolves to ``specmd_env/data/agents/<name>.zip``). The
+(``load_learned_agent("row_scorer_olmoe_evict")`` resolves to ``specmd_env/data/agents/<name>.zip``, else
+``<name>.npz``: an exported row scorer, acting through its compiled scoring function). The
 algorithm is read from the metadata JSON written beside every model by ``specmd train`` (``<stem>.json``),
 else inferred from the policy class stored in the .zip itself. ``act(obs, info)`` is
 ``model.predict(obs, deterministic=True)``; for MaskablePPO the action mask comes from ``info["action_mask"]``,
@@ -48,27 +49,29 @@ def algo_class(algo: str):
 
 
 def list_trained() -> list[str]:
-    """Names of the committed learned agents (specmd_env/data/agents/<name>.zip)."""
-    return sorted(p.stem for p in TRAINED_DIR.glob("*.zip"))
+    """Names of the committed learned agents (specmd_env/data/agents/<name>.zip or .npz)."""
+    return sorted({p.stem for p in TRAINED_DIR.glob("*.zip")} | {p.stem for p in TRAINED_DIR.glob("*.npz")})
 
 
 def resolve_model_path(path_or_name: str | Path) -> Path:
-    """A .zip path as given, or a committed agent's name -> specmd_env/data/agents/<name>.zip."""
+    """A .zip (SB3 model) or .npz (exported row scorer) path as given, or a committed agent's name ->
+    specmd_env/data/agents/<name>.zip (else <name>.npz)."""
     text = str(path_or_name)
     path = Path(text)
-    if text.endswith(".zip"):
+    if text.endswith((".zip", ".npz")):
         if not path.is_file():
             raise SpecMDError(f"model file {text!r} does not exist")
         return path
-    candidate = TRAINED_DIR / f"{text}.zip"
-    if candidate.is_file():
-        return candidate
+    for suffix in (".zip", ".npz"):
+        candidate = TRAINED_DIR / f"{text}{suffix}"
+        if candidate.is_file():
+            return candidate
     try:
         from specmd_env.agents import HANDCRAFTED
         handcrafted = f"; handcrafted agents: {', '.join(HANDCRAFTED)}"
     except ImportError:  # pragma: no cover
         handcrafted = ""
-    raise SpecMDError(f"{text!r} is neither a .zip model file nor a committed learned agent; "
+    raise SpecMDError(f"{text!r} is neither a .zip / .npz model file nor a committed learned agent; "
                       f"committed agents: {', '.join(list_trained()) or '(none)'}{handcrafted}")
 
 
@@ -188,6 +191,41 @@ class LearnedAgent(_AgentBase):
         return f"LearnedAgent(name={self.name!r}, algo={self.algo!r})"
 
 
+class CompiledAgent(_AgentBase):
+    """An exported row scorer (``.npz``) acting on the environment's observation with the compiled scoring
+    function the eviction policy uses (no torch): the masked row with the highest score."""
+
+    is_oracle = False
+
+    def __init__(self, weights, name: str, env=None, metadata: dict | None = None):
+        from specmd_env.agents.compiled import scores  # noqa: F401  (compiled on first use)
+
+        self.weights, self.flat, self.name, self.env = weights, weights.flat(), name, env
+        self.metadata = metadata or {}
+        sizes = weights.sizes
+        self.h1, self.h2 = sizes[0], (sizes[1] if len(sizes) > 1 else 0)
+
+    def bind(self, env) -> "CompiledAgent":
+        self.env = env
+        return self
+
+    def reset(self, seed: int | None = None) -> None:
+        return None
+
+    def act(self, obs, info=None):
+        from specmd_env.agents.compiled import scores
+
+        mask = _action_mask(obs, info, self.env)
+        if mask is None:
+            raise SpecMDError(f"agent {self.name!r} needs the environment's action mask: load it with env=...")
+        s = scores(self.flat, np.asarray(obs, np.float32), len(mask), self.h1, self.h2)
+        allowed = np.flatnonzero(mask)
+        return int(allowed[np.argmax(s[allowed])])
+
+    def __repr__(self) -> str:
+        return f"CompiledAgent(name={self.name!r})"
+
+
 def check_spaces(model, env) -> None:
     """Raise a clear error when ``env``'s spaces are not the ones ``model`` was trained on."""
     if env is None:
@@ -207,6 +245,13 @@ def load_learned_agent(path_or_name: str | Path, env=None, device: str = "cpu") 
     action masks for MaskablePPO when neither ``info`` nor the observation carries one.
     """
     path = resolve_model_path(path_or_name)
+    if path.suffix == ".npz":
+        from specmd_env.agents.compiled import ScorerWeights
+
+        meta = read_metadata(path)
+        if env is not None and env.unwrapped.decision != "eviction":
+            raise SpecMDError(f"{path.name} is a row scorer: it decides evictions, not {env.unwrapped.decision!r}")
+        return CompiledAgent(ScorerWeights.load(path), meta.get("name", path.stem), env=env, metadata=meta)
     algo = infer_algo(path)
     meta = read_metadata(path)
     model = rebuild_model(path, meta, device=device)
@@ -376,7 +421,7 @@ POLICIES = {"RowScorerMaskablePolicy": RowScorerMaskablePolicy, "RowScorerPolicy
             "ExpertScorerPolicy": ExpertScorerPolicy}
 
 
-__all__ = ["ALGOS", "POLICIES", "ExpertScorer", "ExpertScorerPolicy", "LearnedAgent", "RowScorer",
+__all__ = ["ALGOS", "POLICIES", "CompiledAgent", "ExpertScorer", "ExpertScorerPolicy", "LearnedAgent", "RowScorer",
            "RowScorerMaskablePolicy", "RowScorerPolicy", "TRAINED_DIR", "algo_class", "infer_algo", "list_trained",
            "load_learned_agent", "read_metadata", "resolve_model_path"]
 

@@ -591,6 +591,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cloned = None
     if cfg.bc_teacher and not cfg.resume:
         cloned = _clone(model, cfg, env_kwargs, cfg.variants)
+    elif cfg.resume:  # continuing a cloned policy is BC then RL (the cloning is the resumed run's)
+        resumed_meta = Path(cfg.resume).with_suffix(".json")
+        if resumed_meta.is_file():
+            cloned = json.loads(resumed_meta.read_text()).get("behaviour_cloning")
 
     callbacks = []
     evaluator = None

@@ -99,8 +99,9 @@ class SpecMDCacheEnv(gym.Env):
     Frequencies come from the replay's memory of past routing (:mod:`specmd_env.envs.memory`): p =
     (uses + 1) / (passes + 2) over the whole history, or with each use weighing 2^(-age / h) for a short
     (h = 2 passes) and a long (h = 8) memory over a window of 1 / (1 - 2^(-1/h)) passes. The
-    ``expected_reuse`` features are the expected-next-use estimate ``steps = next_turn x L + L (1/p - 1)``
-    (layer steps until the expert is used) as ``L / (L + steps)``: 1 = surely at the next layer, 0 = never.
+    ``expected_reuse`` features are the expected-next-use estimate ``steps = d + L (1/p - 1)`` (layer steps
+    until the expert is used, d = layers until its layer's next turn) as ``L / (L + steps)``: 1 = surely at
+    the next layer, 0 = never.
 
     | Index | Feature | Meaning | Min | Max |
     |-------|---------|---------|-----|-----|

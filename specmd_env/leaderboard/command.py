@@ -139,6 +139,9 @@ def _validate(args) -> None:
         raise SpecMDError("--workers must be >= 1")
     if not args.seeds:
         raise SpecMDError("--seeds needs at least one seed")
+    outside = [h for h in args.learned_hardware or [] if h not in args.hardware]
+    if outside:
+        raise SpecMDError(f"--learned-hardware {' '.join(outside)} is not in --hardware ({' '.join(args.hardware)})")
     if min(args.seeds) < 0:
         raise SpecMDError(f"--seeds must be >= 0, got {min(args.seeds)}")
     for option, values in (("--seeds", args.seeds), ("--capacities", args.capacities), ("--hardware", args.hardware),
@@ -297,8 +300,7 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
         def note(message):
             messages.append(message)
             log(message)
-        hardware = None if args.learned_hardware is None else tuple(h for h in args.learned_hardware
-                                                                      if h in args.hardware)
+        hardware = None if args.learned_hardware is None else tuple(args.learned_hardware)
         specs += agent_specs(specs, args.trained_dir, log=note, hardware=hardware)
         notes += [m.removeprefix("leaderboard: ") for m in messages]
     out = Path(args.out)
