@@ -23,14 +23,15 @@ from specmd_env.agents.train import TrainConfig, load_hyperparams, parse_kwargs,
 
 EVICT, PREFETCH = "SpecMD-OLMoE-v0", "SpecMD-OLMoE-Prefetch-v0"
 SMALL = {"requests_per_episode": 1}
-FAST_PPO = {"n_steps": 64, "batch_size": 32, "n_epochs": 1, "pretrain_agent": None}
+FAST_PPO = {"n_steps": 64, "batch_size": 32, "n_epochs": 1}
 
 if EVICT not in gym.registry:  # pragma: no cover - the env package is not installed
     pytest.skip("SpecMD envs are not registered", allow_module_level=True)
 
 
 def _train(tmp_path, algo, env, hp, timesteps=128, **kw):
-    cfg = TrainConfig(algo=algo, env=env, env_kwargs=dict(SMALL), timesteps=timesteps, n_envs=kw.pop("n_envs", 1),
+    env_kwargs = {**SMALL, **kw.pop("env_kwargs_extra", {})}
+    cfg = TrainConfig(algo=algo, env=env, env_kwargs=env_kwargs, timesteps=timesteps, n_envs=kw.pop("n_envs", 1),
                       seed=0, log_dir=str(tmp_path / f"{algo}-run"), save=str(tmp_path / f"{algo}.zip"),
                       hp=hp, progress_bar=False, **kw)
     return train(cfg)
@@ -47,14 +48,16 @@ def test_parse_kwargs_and_hyperparams():
         parse_kwargs(["capacity"])
     hp = load_hyperparams("maskable_ppo", EVICT)
     assert hp["n_timesteps"] > 0 and "policy_kwargs" in hp
-    assert hp["policy"] == "SlotScorerMaskablePolicy"
+    assert hp["policy"] == "RowScorerMaskablePolicy" and not any(k.startswith("pretrain") for k in hp)
     assert "policy" not in load_hyperparams("maskable_ppo", "Unknown-v0")  # only the default entry applies
 
 
 def test_maskable_ppo_train_save_load_evaluate(tmp_path):
-    hp = {**FAST_PPO, "pretrain_agent": "belady", "pretrain_steps": 128, "pretrain_epochs": 1}  # BC warm start path
-    meta = _train(tmp_path, "maskable_ppo", EVICT, hp, n_envs=2, checkpoint_freq=64)
-    assert meta["pretrain"]["agent"] == "belady" and meta["pretrain"]["steps"] == 128
+    meta = _train(tmp_path, "maskable_ppo", EVICT, FAST_PPO, n_envs=2, checkpoint_freq=64, bc_teacher="belady",
+                  bc_steps=128, bc_epochs=1, bc_rounds=2)  # behaviour cloning (2 DAgger rounds), then RL
+    assert meta["recipe"] == "bc+rl" and meta["behaviour_cloning"]["teacher"] == "belady (oracle)"
+    assert [h["played_by"] for h in meta["behaviour_cloning"]["history"]] == ["teacher", "student"]
+    assert "--bc-teacher belady" in meta["command"] and Path(meta["weights_path"]).is_file()
     path = tmp_path / "maskable_ppo.zip"
     assert path.is_file() and meta["num_timesteps"] >= 128
     saved = json.loads(path.with_suffix(".json").read_text())
@@ -80,6 +83,26 @@ def test_maskable_ppo_train_save_load_evaluate(tmp_path):
     assert rows[0]["episode_reward"] == again[0]["episode_reward"]  # deterministic given the seed
     table = ev.format_table(ev.summarize(rows + _short_eval("lru", EVICT, seeds=(3,))))
     assert "lru" in table and "hit rate" in table
+
+
+def test_behaviour_cloning_only_and_no_hidden_cloning(tmp_path):
+    meta = _train(tmp_path, "maskable_ppo", EVICT, FAST_PPO, timesteps=0, bc_teacher="belady-bypass",
+                  bc_target="next-use", bc_steps=200, bc_epochs=1, eval_freq=1)
+    assert meta["recipe"] == "bc" and meta["num_timesteps"] == 0 and meta["behaviour_cloning"]["target"] == "next-use"
+    rows = (tmp_path / "maskable_ppo-run" / "eval_fixed_train_episode.csv").read_text().splitlines()
+    assert len(rows) == 2 and "expected-next-use:bypass=yes" in meta["eval_fixed_train_episode"]["references"]
+    with pytest.raises(SpecMDError, match="--bc-teacher"):
+        _train(tmp_path, "maskable_ppo", EVICT, {**FAST_PPO, "pretrain_agent": "belady"})
+    with pytest.raises(SpecMDError, match="trains nothing"):
+        _train(tmp_path, "maskable_ppo", EVICT, FAST_PPO, timesteps=0)
+
+
+def test_training_across_variants_on_the_compiled_vector_env(tmp_path):
+    meta = _train(tmp_path, "maskable_ppo", EVICT, FAST_PPO, n_envs=2, timesteps=128, vec="specmd",
+                  variants=[{"capacity": 0.02}, {"trace": "qwen3-synthetic", "model": "qwen3-30b-a3b", "capacity": 0.01}],
+                  env_kwargs_extra={"observation_slots": 64})
+    assert meta["variants"][1]["trace"] == "qwen3-synthetic" and meta["num_timesteps"] >= 128
+    assert "Discrete(65)" in meta["action_space"]
 
 
 def test_ppo_prefetch_train_and_evaluate(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import specmd_env  # noqa: F401  (registers the env ids)
 from specmd_env import Replay, simulate
 from specmd_env.agents import load_agent
-from specmd_env.agents.compiled import CompiledPolicyAgent
+from specmd_env.agents.policy_agent import CompiledPolicyAgent
 from specmd_env.catalog import get_trace
 from specmd_env.cli import main as specmd
 from specmd_env.errors import SpecMDError

@@ -37,7 +37,7 @@ def test_make_with_module_prefix():
     assert isinstance(base, SpecMDCacheEnv)
     assert base.config["model"] == "olmoe-1b-7b" and base.config["capacity_slots"] == 51
     assert base.config["hardware"] == "paper-a100-5gbps" and base.config["fixed_prefetch"] == "score"
-    assert env.action_space == gym.spaces.Discrete(51)
+    assert env.action_space == gym.spaces.Discrete(52)  # 51 slots, then bypass
     assert info["decision"] in ("demand", "prefetch")
     assert base.replay is not None
 
@@ -109,9 +109,9 @@ def test_reward_sum_equals_score(env_id, agent):
     assert set(info["metrics"]) >= {"hits", "misses", "collision_misses", "stall_seconds", "total_seconds"}
 
 
-@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "least-stale", "belady"])
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "least-stale", "belady", "belady-bypass"])
 def test_agents_through_env_equal_fast_path(policy):
-    env = gym.make("SpecMD-OLMoE-v0", split="test", requests_per_episode=None, oracle_info=policy == "belady")
+    env = gym.make("SpecMD-OLMoE-v0", split="test", requests_per_episode=None, oracle_info=policy.startswith("belady"))
     rewards, info = run_episode(env, load_agent(policy, env))
     ref = simulate("olmoe-synthetic", eviction=policy, prefetch="score", requests=env.unwrapped.split_ids).as_dict()
     got = info["metrics"]
@@ -145,7 +145,7 @@ def test_invalid_action_falls_back_with_penalty():
     obs2, r2, *_ , info2 = env.step(load_agent("least-stale", env).act(obs, info))
     assert info2["invalid_action"] is False
     with pytest.raises(SpecMDError):
-        env.step(base.capacity)  # outside the action space
+        env.step(base.rows + 1)  # outside the action space (base.rows: bypass)
 
 
 def test_no_decision_episode_has_one_step():
@@ -173,7 +173,7 @@ def test_observation_has_no_future_and_oracle_in_info():
     obs, info = env.reset(seed=0)
     lay = env.unwrapped.layout
     assert obs.shape == (lay.size,) and len(lay.names()) == lay.size
-    assert info["next_use"].shape == (51,) and info["next_experts"].shape == (64,)
+    assert info["next_use"].shape == (52,) and info["next_experts"].shape == (64,)
     assert "next_use" not in gym.make("SpecMD-OLMoE-v0", **SMALL).reset(seed=0)[1]
 
 

@@ -145,7 +145,7 @@ def test_learned_agents_hook(tiny, tmp_path, capsys, monkeypatch):
     specs = build_grid([str(tiny)], [0.1], ["paper-a100-5gbps"], ["lru"], ["none"], [0])
     assert learned.agent_specs(specs, tmp_path / "none") == []
     assert "no learned agents found" in capsys.readouterr().out
-    (tmp_path / "agent.zip").write_bytes(b"PK")
+    (tmp_path / "agent.npz").write_bytes(b"PK")
     monkeypatch.setattr(learned, "interface_available", lambda: "no env yet")
     assert learned.agent_specs(specs, tmp_path) == []
     assert "not run: no env yet" in capsys.readouterr().out

@@ -200,7 +200,7 @@ def test_a_killed_writer_does_not_lock_the_folder(tiny, tmp_path):
     (["--capacities", "0.05", "0.05"], "--capacities repeats [0.05]"),
     (["--evictions", "lru", "lru"], "--evictions repeats ['lru']"),
     (["--seeds", "-1"], "--seeds must be >= 0"),
-    (["--learned-requests", "0"], "--learned-requests must be >= 1"),
+    (["--learned-hardware", "h100-pcie5"], "--learned-hardware h100-pcie5 is not in --hardware"),
 ])
 def test_bad_options_are_refused_before_any_work(tiny, tmp_path, capsys, extra, message):
     out = tmp_path / "out"

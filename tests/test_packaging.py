@@ -76,7 +76,7 @@ def test_wheel_ships_what_the_commands_read(wheel_names):
     from specmd_env.agents.train import HYPERPARAMS_DIR
 
     names = set(wheel_names)
-    committed = sorted(p.name for p in TRAINED_DIR.iterdir() if p.suffix in (".zip", ".json"))
+    committed = sorted(p.name for p in TRAINED_DIR.iterdir() if p.suffix in (".zip", ".json", ".npz"))
     assert committed and all(f"specmd_env/data/agents/{n}" in names for n in committed)
     hyper = sorted(p.name for p in HYPERPARAMS_DIR.glob("*.yml"))
     assert hyper and all(f"specmd_env/data/hyperparams/{n}" in names for n in hyper)

@@ -8,7 +8,7 @@ checks that the environment driven by them gives the fast path's metrics). Oracl
 ``is_oracle``.
 
 ``load_agent(spec, env)``: ``"lru"``, ``"fifo"``, ``"lfu"``, ``"least-stale"``, ``"random"``,
-``"belady"`` (eviction), ``"none"``, ``"topk"``, ``"score"``, ``"oracle"`` (prefetch), ``"lru+score"``
+``"belady"``, ``"belady-bypass"`` (eviction), ``"none"``, ``"topk"``, ``"score"``, ``"oracle"`` (prefetch), ``"lru+score"``
 (joint: eviction agent + prefetch agent), or a learned agent (a ``.zip`` path or a committed name),
 loaded by ``specmd_env.agents.learned.load_learned_agent``.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specmd_env.envs.observation import (S_CANDIDATE, S_INSERT_AGE, S_TOUCH_AGE, S_USE_AGE, S_USE_COUNT,
-                                         ObservationLayout)
+from specmd_env.envs.observation import (G_DEMAND, S_CANDIDATE, S_INSERT_AGE, S_TOUCH_AGE, S_USE_AGE,
+                                         S_USE_COUNT, ObservationLayout)
 from specmd_env.errors import SpecMDError
 
 TRAINED_DIR = Path(str(resources.files("specmd_env").joinpath("data", "agents")))  # committed agents (package data)
@@ -158,6 +158,44 @@ class BeladyAgent(EvictionAgent):
             return int(unused[0])
         return int(best[np.argmax(slots[best, S_USE_AGE])])
 
+    def best_rows(self, obs, info, mask) -> np.ndarray:
+        """Every allowed slot whose next use is the farthest (Belady rates them equally)."""
+        rows = self.layout.rows
+        nu = np.asarray(info["next_use"]).astype(np.float64)
+        allowed = np.asarray(mask[:rows], bool)
+        out = np.zeros(rows + 1, bool)
+        if allowed.any():
+            out[:rows] = allowed & (nu[:rows] == nu[:rows][allowed].max())
+        return out
+
+
+class BeladyBypassAgent(BeladyAgent):
+    """Belady with bypass: for a demand miss, do not cache the incoming expert when its own next use is
+    no nearer than the victim's (the bypass action); prefetches are always admitted. Oracle."""
+    name = "belady-bypass"
+
+    def _bypasses(self, obs, info, victim_next_use) -> bool:
+        return self.layout.globals(obs)[G_DEMAND] > 0.5 and \
+            np.asarray(info["next_use"])[self.layout.rows] >= victim_next_use
+
+    def choose_slot(self, obs, info):
+        slot = super().choose_slot(obs, info)
+        if self._bypasses(obs, info, np.asarray(info["next_use"])[slot]):
+            return self.layout.bypass_action
+        return slot
+
+    def best_rows(self, obs, info, mask) -> np.ndarray:
+        """Belady's best slots, with the incoming row when bypassing is at least as good."""
+        out = super().best_rows(obs, info, mask)
+        rows = self.layout.rows
+        if mask[rows] and out.any():
+            nu = np.asarray(info["next_use"])
+            if self._bypasses(obs, info, nu[:rows][out[:rows]][0]):
+                if nu[rows] > nu[:rows][out[:rows]][0]:
+                    out[:] = False
+                out[rows] = True
+        return out
+
 
 class PrefetchAgent(Agent):
     """Chooses which experts of layer l + lookahead to fetch (a MultiBinary(E) action)."""
@@ -247,7 +285,7 @@ class JointAgent(Agent):
 
 
 EVICTION_AGENTS = {"lru": LRUAgent, "fifo": FIFOAgent, "lfu": LFUAgent, "least-stale": LeastStaleAgent,
-                   "random": RandomAgent, "belady": BeladyAgent}
+                   "random": RandomAgent, "belady": BeladyAgent, "belady-bypass": BeladyBypassAgent}
 PREFETCH_AGENTS = {"none": NoPrefetchAgent, "topk": TopKPrefetchAgent, "score": ScorePrefetchAgent,
                    "oracle": OraclePrefetchAgent}
 HANDCRAFTED = sorted(EVICTION_AGENTS) + sorted(PREFETCH_AGENTS)
@@ -272,14 +310,14 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
         return spec
     if not isinstance(spec, str):
         raise SpecMDError(f"agent spec must be a name or path, got {type(spec).__name__}")
-    if "+" in spec and not spec.endswith(".zip"):
+    if "+" in spec and not spec.endswith((".zip", ".npz")):
         ev_name, pf_name = spec.split("+", 1)
         ev, pf = _handcrafted(ev_name, env, seed), _handcrafted(pf_name, env, seed)
         if not isinstance(ev, EvictionAgent) or not isinstance(pf, PrefetchAgent):
             raise SpecMDError(f"joint agent {spec!r} must be '<eviction>+<prefetch>' with eviction in "
                               f"{sorted(EVICTION_AGENTS)} and prefetch in {sorted(PREFETCH_AGENTS)}")
         return JointAgent(ev, pf)
-    if not spec.endswith(".zip"):
+    if not spec.endswith((".zip", ".npz")):
         agent = _handcrafted(spec, env, seed)
         if agent is not None:
             base = env.unwrapped
@@ -293,8 +331,8 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
             if base.decision == "eviction" and isinstance(agent, PrefetchAgent):
                 raise SpecMDError(f"{spec!r} is a prefetch agent; this env asks for evictions")
             return agent
-    if (compiled := importlib.import_module("specmd_env.agents.compiled").policy_agent(spec, env)) is not None:
-        return compiled  # an eviction policy by name or file.py:NAME (specmd_env/agents/compiled.py)
+    if (compiled := importlib.import_module("specmd_env.agents.policy_agent").policy_agent(spec, env)) is not None:
+        return compiled  # an eviction policy by name or file.py:NAME (specmd_env/agents/policy_agent.py)
     try:
         learned = importlib.import_module("specmd_env.agents.learned")
     except ImportError as exc:
@@ -303,6 +341,6 @@ def load_agent(spec, env=None, *, seed: int = 0) -> Agent:
     return learned.load_learned_agent(spec, env)
 
 
-__all__ = ["Agent", "BeladyAgent", "EVICTION_AGENTS", "EvictionAgent", "FIFOAgent", "HANDCRAFTED", "JointAgent",
+__all__ = ["Agent", "BeladyAgent", "BeladyBypassAgent", "EVICTION_AGENTS", "EvictionAgent", "FIFOAgent", "HANDCRAFTED", "JointAgent",
            "LFUAgent", "LRUAgent", "LeastStaleAgent", "NoPrefetchAgent", "OraclePrefetchAgent", "PREFETCH_AGENTS",
            "PrefetchAgent", "RandomAgent", "ScorePrefetchAgent", "TRAINED_DIR", "TopKPrefetchAgent", "load_agent"]

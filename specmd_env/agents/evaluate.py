@@ -1,6 +1,6 @@
 """``specmd evaluate``: any agent -- handcrafted, learned (.zip or committed name) or oracle -- on any env id.
 
-    specmd evaluate --agent lru least-stale belady maskable_ppo_olmoe_evict --env SpecMD-OLMoE-v0 \\
+    specmd evaluate --agent lru least-stale belady row_scorer_olmoe_evict --env SpecMD-OLMoE-v0 \\
         --split test --seeds 0 1 2 3 4
 
 Each (agent, seed, episode) is one episode of ``gym.make(env, split=..., requests_per_episode=...,

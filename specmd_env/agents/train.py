@@ -6,9 +6,23 @@
 Hyperparameters come from ``specmd_env/data/hyperparams/<algo>.yml`` keyed by env id (``default`` applies to
 every env; the env's own entry overrides it); ``--hyperparams FILE`` reads another file of the same
 shape and ``--hp key=value`` overrides single entries. Besides the algorithm's arguments an entry may
-name ``n_timesteps``, ``n_envs``, ``policy``, ``env_kwargs`` and a behaviour-cloning warm start
-(``pretrain_agent``, ``pretrain_steps``, ``pretrain_epochs``: the policy first imitates a handcrafted
-or oracle agent on training requests, then RL fine-tunes it).
+name ``n_timesteps``, ``n_envs``, ``policy`` and ``env_kwargs``.
+
+Behaviour cloning is a flag, never a hidden default: ``--bc-teacher belady-bypass`` first fits the
+policy to a teacher's decisions on training requests (``--bc-steps`` per round, ``--bc-rounds`` DAgger
+rounds, ``--bc-epochs``; :mod:`specmd_env.agents.imitation`), then RL runs ``--timesteps`` steps
+(``--timesteps 0``: behaviour cloning only). The three recipes: ``--bc-teacher T --timesteps 0`` (BC
+only), no ``--bc-teacher`` (RL only), ``--bc-teacher T --timesteps N`` (BC then RL).
+
+``--variants "trace=qwen3-synthetic capacity=0.02" "capacity=0.1" ...`` trains one network across
+settings: sub-environment i uses the common ``--env-kwargs`` updated by variant i mod the number of
+variants (eviction environments of different capacities need ``observation_slots`` to share spaces).
+The default vectorisation (``--vec specmd``) steps all sub-environments in one compiled call
+(:class:`specmd_env.envs.vector_env.SpecMDVectorEnv`).
+
+A row-scorer policy (``RowScorerMaskablePolicy``) is also exported as ``<save>.npz`` (plain arrays,
+:mod:`specmd_env.agents.compiled`): the compiled eviction policy that the leaderboard and ``simulate``
+run, and that ``--eval-freq`` uses for the learning curve.
 
 Training uses the env's deterministic ``split="train"`` requests unless ``--env-kwargs split=...`` says
 otherwise; evaluate with ``specmd evaluate --split test``. ``--eval-freq N`` plays the greedy policy on a
@@ -44,8 +58,8 @@ from specmd_env.outputs import writable_dir, writable_file
 HYPERPARAMS_DIR = Path(str(resources.files("specmd_env").joinpath("data", "hyperparams")))  # package data
 TRAIN_ALGOS = ("ppo", "maskable_ppo", "dqn")
 # Keys of a hyperparameter entry that are not algorithm constructor arguments.
-RUN_KEYS = ("n_timesteps", "n_envs", "policy", "env_kwargs", "vec", "normalize", "pretrain_agent", "pretrain_steps",
-            "pretrain_epochs")
+RUN_KEYS = ("n_timesteps", "n_envs", "policy", "env_kwargs", "vec", "normalize")
+VECS = ("specmd", "dummy", "subproc")
 
 
 @dataclass
@@ -57,7 +71,7 @@ class TrainConfig:
     env_kwargs: dict = field(default_factory=dict)  # gym.make keywords (split defaults to "train")
     timesteps: int | None = None                # env steps to train (None: the hyperparameter file's n_timesteps)
     n_envs: int | None = None                   # parallel envs (None: the hyperparameter file's, else 1)
-    vec: str = "dummy"                          # dummy | subproc
+    vec: str = "specmd"                         # specmd (one compiled call) | dummy | subproc
     seed: int = 0
     device: str = "cpu"
     log_dir: str | None = None                  # default runs/agents/<algo>-<env>-s<seed>
@@ -72,6 +86,15 @@ class TrainConfig:
     eval_freq: int = 0                          # env steps between greedy evaluations on a fixed TRAIN episode (0: none)
     eval_requests: list | None = None           # trace request ids of that episode (default: the train split's first 2)
     keep_best: bool = False                     # save the evaluation with the best fixed-TRAIN-episode return, not the last
+    variants: list | None = None                # per-sub-env keyword overrides (train across settings)
+    bc_teacher: str | None = None               # behaviour cloning from this agent first (None: no cloning)
+    bc_steps: int = 50_000                      # decisions gathered per cloning round
+    bc_rounds: int = 1                          # 1: the teacher's trajectories only; more: DAgger rounds
+    bc_epochs: int = 10                         # passes over the gathered decisions per round
+    bc_target: str = "choice"                   # choice: the teacher's decisions; next-use: Belady's key, per row
+    bc_ties: str = "set"                        # set: -log P(any of the teacher's equally good rows); teacher: its choice
+    bc_every: int = 1                           # keep every n-th decision
+    bc_lr: float = 1e-3
 
 
 # -- small parsers --------------------------------------------------------------------------------------
@@ -214,19 +237,45 @@ def make_env_kwargs(env_kwargs: dict | None, split: str = "train") -> dict:
     return kwargs
 
 
-def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict, vec: str = "dummy",
-                  monitor_dir: str | None = None):
-    """A Monitor-wrapped VecEnv of ``env_id`` (importing specmd_env registers the SpecMD ids)."""
+def _check_env_id(env_id: str) -> None:
     import gymnasium as gym
-    import specmd_env  # noqa: F401  (registers the env ids)
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+    import specmd_env  # noqa: F401  (registers the SpecMD ids)
 
     if env_id not in gym.registry:
         known = sorted(k for k in gym.registry if "SpecMD" in k)
         raise SpecMDError(f"unknown env id {env_id!r}; SpecMD ids: {', '.join(known) or '(none registered)'}")
-    if vec not in ("dummy", "subproc"):
-        raise SpecMDError(f"--vec must be dummy or subproc, got {vec!r}")
+
+
+def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict, vec: str = "specmd",
+                  monitor_dir: str | None = None, variants: list | None = None):
+    """A monitored SB3 VecEnv of ``env_id``: ``vec="specmd"`` steps every sub-environment in one compiled
+    call (``gym.make_vec(..., vectorization_mode="vector_entry_point")``); ``dummy`` / ``subproc`` are
+    SB3's own. Sub-environment i is made with ``env_kwargs`` updated by ``variants[i % len(variants)]``."""
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
+
+    _check_env_id(env_id)
+    if vec not in VECS:
+        raise SpecMDError(f"--vec must be one of {', '.join(VECS)}, got {vec!r}")
+    variants = list(variants or [{}])
+    if vec == "specmd":
+        from specmd_env.agents.vec import SpecMDVecEnv
+
+        venv = SpecMDVecEnv(gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point",
+                                         variants=variants, **env_kwargs))
+        venv.seed(seed)
+        filename = None
+        if monitor_dir is not None:
+            Path(monitor_dir).mkdir(parents=True, exist_ok=True)
+            filename = str(Path(monitor_dir) / "vec")
+        return VecMonitor(venv, filename=filename)
+    if len(variants) > 1:
+        fns = [(lambda kw: (lambda: gym.make(env_id, **kw)))({**env_kwargs, **variants[i % len(variants)]})
+               for i in range(n_envs)]
+        venv = (SubprocVecEnv(fns) if vec == "subproc" and n_envs > 1 else DummyVecEnv(fns))
+        venv.seed(seed)
+        return VecMonitor(venv, filename=str(Path(monitor_dir) / "vec") if monitor_dir else None)
     vec_cls = SubprocVecEnv if vec == "subproc" and n_envs > 1 else DummyVecEnv
     vec_kwargs = {"start_method": "fork" if sys.platform.startswith("linux") else "spawn"} if vec_cls is SubprocVecEnv else None
     return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=vec_cls,
@@ -245,74 +294,64 @@ def check_algo_env(algo: str, action_space) -> None:
         raise SpecMDError(f"MaskablePPO needs a Discrete, MultiDiscrete or MultiBinary action space, got {action_space}")
 
 
-# -- behaviour cloning warm start ------------------------------------------------------------------------
+def parse_variants(items: list[str] | None) -> list[dict] | None:
+    """``["trace=qwen3-synthetic capacity=0.02", "capacity=0.1"]`` -> a list of keyword dicts."""
+    if not items:
+        return None
+    return [parse_kwargs(item.split(), "--variants") for item in items]
 
-def behaviour_clone(model, env_id: str, env_kwargs: dict, agent_name: str, steps: int, epochs: int = 20,
-                    seed: int = 0, batch_size: int = 256, lr: float = 1e-3) -> dict[str, float]:
-    """Warm-start ``model``'s policy by maximum likelihood on ``steps`` decisions of a handcrafted agent
-    (played on the TRAINING split), before RL. Returns the agreement of the greedy policy with the agent."""
+
+# -- behaviour cloning ------------------------------------------------------------------------------------
+
+def _clone(model, cfg: TrainConfig, env_kwargs: dict, variants: list[dict] | None) -> dict:
+    """Behaviour cloning of ``cfg.bc_teacher`` into ``model``'s policy (see :mod:`specmd_env.agents.imitation`):
+    each round gathers ``bc_steps`` decisions spread over the variants."""
     import gymnasium as gym
-    import torch as th
-    from specmd_env.agents import load_agent
-
-    env = gym.make(env_id, **{**env_kwargs, "oracle_info": True})  # an oracle teacher reads info; obs unchanged
-    agent = load_agent(agent_name, env)
-    maskable = cfg_is_maskable(model)
-    obs_buf, act_buf, mask_buf = [], [], []
-    obs, info = env.reset(seed=seed)
-    while len(obs_buf) < steps:
-        action = agent.act(obs, info)
-        obs_buf.append(obs)
-        act_buf.append(np.asarray(action))
-        if maskable:
-            mask_buf.append(env.unwrapped.action_masks())
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            obs, info = env.reset()
-    env.close()
-    policy = model.policy
-    device = policy.device
-    obs_t = th.as_tensor(np.array(obs_buf), device=device)
     from gymnasium import spaces
 
-    if isinstance(model.action_space, spaces.Discrete):
-        act_t = th.as_tensor(np.array(act_buf), device=device).long().flatten()
-    else:
-        act_t = th.as_tensor(np.array(act_buf), dtype=th.float32, device=device)
-    mask_t = np.array(mask_buf) if maskable else None
-    rng = np.random.default_rng(seed)
-    optimizer = th.optim.Adam(policy.parameters(), lr=lr)  # its own optimiser: PPO's keeps its state clean
-    policy.set_training_mode(True)
-    for _ in range(epochs):
-        for idx in np.array_split(rng.permutation(len(obs_t)), max(1, len(obs_t) // batch_size)):
-            if maskable:
-                _, logp, _ = policy.evaluate_actions(obs_t[idx], act_t[idx], action_masks=mask_t[idx])
-            else:
-                _, logp, _ = policy.evaluate_actions(obs_t[idx], act_t[idx])
-            loss = -logp.mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    policy.set_training_mode(False)
-    with th.no_grad():
-        kwargs = {"action_masks": mask_t} if maskable else {}
-        greedy, _ = model.predict(np.array(obs_buf), deterministic=True, **kwargs)
-    agree = float(np.mean(np.all(np.asarray(greedy).reshape(len(obs_buf), -1) ==
-                                 np.asarray(act_buf).reshape(len(obs_buf), -1), axis=1)))
-    return {"steps": len(obs_buf), "epochs": epochs, "final_nll": float(loss.item()), "greedy_agreement": agree}
+    from specmd_env.agents import load_agent
+    from specmd_env.agents.imitation import Demonstrations, collect, fit, greedy_student
 
-
-def cfg_is_maskable(model) -> bool:
-    from sb3_contrib import MaskablePPO
-
-    return isinstance(model, MaskablePPO)
+    if not isinstance(model.action_space, spaces.Discrete) or not hasattr(model.policy, "action_net"):
+        raise SpecMDError("--bc-teacher clones eviction decisions into an actor-critic policy (ppo or maskable_ppo on "
+                          f"a Discrete action space); this run has {type(model).__name__} on {model.action_space}")
+    variants = list(variants or [{}])
+    steps = count("--bc-steps", cfg.bc_steps, minimum=1)
+    rounds = count("--bc-rounds", cfg.bc_rounds, minimum=1)
+    epochs = count("--bc-epochs", cfg.bc_epochs, minimum=1)
+    every = count("--bc-every", cfg.bc_every, minimum=1)
+    demos, history, label = None, [], cfg.bc_teacher
+    t0 = time.time()
+    for r in range(rounds):
+        student = None if r == 0 else greedy_student(model.policy)
+        for i, variant in enumerate(variants):
+            env = gym.make(cfg.env, **{**env_kwargs, **variant, "oracle_info": True})
+            teacher = load_agent(cfg.bc_teacher, env, seed=cfg.seed)
+            label = getattr(teacher, "label", label)
+            share = -(-steps // len(variants))
+            got = collect(env, teacher, share, seed=cfg.seed + 1000 * r + i, student=student, ties=cfg.bc_ties,
+                          every=every, target=cfg.bc_target)
+            env.close()
+            demos = got if demos is None else demos.extend(got)
+        fitted = fit(model.policy, demos, epochs, cfg.seed + r, lr=cfg.bc_lr)
+        history.append({"round": r + 1, "played_by": "teacher" if r == 0 else "student", "total": len(demos),
+                        **fitted, "seconds": round(time.time() - t0, 1)})
+        print(f"behaviour cloning round {r + 1}/{rounds} (played by the {history[-1]['played_by']}): {len(demos)} "
+              f"decisions, loss {fitted['final_loss']:.4f}, greedy choice among the teacher's best "
+              f"{fitted['greedy_in_target']:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    assert isinstance(demos, Demonstrations)
+    return {"teacher": label, "target": cfg.bc_target, "steps_per_round": steps, "rounds": rounds, "epochs": epochs,
+            "ties": cfg.bc_ties,
+            "every": every, "lr": cfg.bc_lr, "history": history, "wall_seconds": round(time.time() - t0, 1)}
 
 
 # -- a learning curve on a fixed training episode ---------------------------------------------------------
 
 class FixedEpisodeEval:
     """Greedy return of a policy on one fixed episode of TRAINING requests (never the test split), for a
-    learning curve that is not confounded by which requests an episode happened to draw."""
+    learning curve that is not confounded by which requests an episode happened to draw. A row-scorer
+    policy is replayed compiled (its exported weights as an eviction policy: milliseconds per episode);
+    any other plays the environment step by step."""
 
     def __init__(self, env_id: str, env_kwargs: dict, requests: list | None = None):
         import gymnasium as gym
@@ -324,8 +363,20 @@ class FixedEpisodeEval:
         split_ids = self.env.unwrapped.split_ids
         self.requests = [int(r) for r in (requests if requests is not None else split_ids[:2])]
 
-    def episode(self, agent) -> dict[str, float]:
+    def compiled(self, policy) -> dict[str, float]:
+        """The episode replayed with an eviction policy (an EvictionPolicy or a name), scored as the env does."""
+        from specmd_env.simulate import simulate
 
+        base = self.env.unwrapped
+        result = simulate(**base.replay_settings(), eviction=policy, requests=self.requests, seed=0)
+        return {"reward": float(base.weights.score(result)), "steps": int(result.evictions + result.bypassed),
+                "hit_rate": float(result.hit_rate)}
+
+    def episode(self, agent) -> dict[str, float]:
+        weights = _exported(getattr(agent, "model", None))
+        if weights is not None:
+            from specmd_env.agents.compiled import learned_eviction
+            return self.compiled(learned_eviction(weights, bypass="yes" if self.env.unwrapped.bypass else "no"))
         obs, info = self.env.reset(seed=0, options={"requests": self.requests})
         total, steps, done = 0.0, 0, False
         while not done:
@@ -337,18 +388,20 @@ class FixedEpisodeEval:
         return {"reward": total, "steps": steps, "hit_rate": float(metrics.get("hit_rate", float("nan")))}
 
     def references(self, names=None) -> dict[str, float]:
-        """The same episode under handcrafted agents (oracles get an env with oracle info)."""
+        """The same episode under handcrafted policies: eviction ones compiled (labels say oracle),
+        prefetch ones as agents in the environment."""
         import gymnasium as gym
         from specmd_env.agents import load_agent
+        from specmd_env.eviction import get_eviction
 
-        if names is None:
-            names = ("lru", "least-stale", "belady") if self.env.unwrapped.decision == "eviction" else \
-                ("none", "score", "oracle")
+        base = self.env.unwrapped
+        if base.decision == "eviction":
+            names = names or ("lru", "layer-distance", "expected-next-use:bypass=yes", "belady-bypass")
+            return {get_eviction(n).label: self.compiled(n)["reward"] for n in names}
         out = {}
-        for name in names:
-            kwargs = dict(self.env.spec.kwargs)
+        for name in names or ("none", "score", "oracle"):
             try:
-                env = gym.make(self.env.spec.id, **{**kwargs, "oracle_info": True})
+                env = gym.make(self.env.spec.id, **{**self.env.spec.kwargs, "oracle_info": True})
                 agent = load_agent(name, env)
             except SpecMDError:
                 continue
@@ -361,6 +414,15 @@ class FixedEpisodeEval:
             out[agent.label] = total
             env.close()
         return out
+
+
+def _exported(model):
+    """A model's row-scorer weights (:class:`specmd_env.agents.compiled.ScorerWeights`), or None."""
+    from specmd_env.agents.learned import RowScorer
+
+    extractor = getattr(getattr(model, "policy", None), "pi_features_extractor", None) or \
+        getattr(getattr(model, "policy", None), "features_extractor", None)
+    return extractor.export() if isinstance(extractor, RowScorer) else None
 
 
 def _eval_callback(evaluator: FixedEpisodeEval, algo: str, freq: int, n_envs: int, csv_path: Path,
@@ -414,11 +476,17 @@ def canonical_command(cfg: TrainConfig) -> str:
     parts = ["specmd", "train", "--algo", cfg.algo, "--env", cfg.env]
     if cfg.env_kwargs:
         parts += ["--env-kwargs"] + [f"{k}={'None' if v is None else v}" for k, v in cfg.env_kwargs.items()]
+    if cfg.variants:
+        parts += ["--variants"] + [" ".join(f"{k}={v}" for k, v in variant.items()) for variant in cfg.variants]
     if cfg.timesteps is not None:
         parts += ["--timesteps", str(cfg.timesteps)]
     if cfg.n_envs is not None:
         parts += ["--n-envs", str(cfg.n_envs)]
     parts += ["--vec", cfg.vec, "--seed", str(cfg.seed), "--device", cfg.device]
+    if cfg.bc_teacher:
+        parts += ["--bc-teacher", cfg.bc_teacher, "--bc-target", cfg.bc_target, "--bc-steps", str(cfg.bc_steps),
+                  "--bc-rounds", str(cfg.bc_rounds), "--bc-epochs", str(cfg.bc_epochs), "--bc-ties", cfg.bc_ties, "--bc-every", str(cfg.bc_every),
+                  "--bc-lr", f"{cfg.bc_lr:g}"]
     if cfg.log_dir:
         parts += ["--log-dir", cfg.log_dir]
     if cfg.checkpoint_freq:
@@ -472,8 +540,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     integer("--seed", cfg.seed, minimum=0)
     hp = load_hyperparams(algo, cfg.env, cfg.hyperparams)
     hp.update(cfg.hp)
+    hidden_bc = sorted(k for k in hp if k.startswith("pretrain"))
+    if hidden_bc:
+        raise SpecMDError(f"hyperparameters {hidden_bc}: behaviour cloning is a command-line choice "
+                          "(--bc-teacher, --bc-steps, --bc-rounds, --bc-epochs), not a hyperparameter")
     timesteps = count("--timesteps (n_timesteps)", cfg.timesteps if cfg.timesteps is not None
-                      else hp.get("n_timesteps", 100_000), minimum=1)
+                      else hp.get("n_timesteps", 100_000), minimum=0)
+    if timesteps == 0 and not cfg.bc_teacher:
+        raise SpecMDError("--timesteps 0 trains nothing without --bc-teacher (behaviour cloning only)")
     n_envs = count("--n-envs (n_envs)", cfg.n_envs if cfg.n_envs is not None else hp.get("n_envs", 1), minimum=1)
     checkpoint_freq = count("--checkpoint-freq", cfg.checkpoint_freq or 0)
     eval_freq = count("--eval-freq", cfg.eval_freq or 0)
@@ -481,8 +555,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise SpecMDError("--keep-best needs --eval-freq (the best is judged on the fixed training episode)")
     if cfg.resume and not Path(cfg.resume).is_file():
         raise SpecMDError(f"--resume: {cfg.resume} does not exist")
+    if cfg.bc_ties not in ("set", "teacher"):
+        raise SpecMDError(f"--bc-ties must be set or teacher, got {cfg.bc_ties!r}")
     env_kwargs = make_env_kwargs({**(hp.get("env_kwargs") or {}), **cfg.env_kwargs})
-    if env_kwargs.get("split") == "test":
+    if env_kwargs.get("split") == "test" or any((v or {}).get("split") == "test" for v in cfg.variants or []):
         print("specmd train: warning: training on split='test' (the held-out requests)", file=sys.stderr)
 
     log_dir = writable_dir(cfg.log_dir or f"runs/agents/{algo}-{cfg.env}-s{cfg.seed}", "--log-dir")
@@ -493,7 +569,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # a resumed run logs its episodes apart (Monitor would overwrite the first run's CSVs)
     monitor_dir = log_dir / ("monitor" if not cfg.resume else f"monitor-resume-{Path(cfg.resume).stem}")
 
-    env = build_vec_env(cfg.env, n_envs, cfg.seed, env_kwargs, cfg.vec, str(monitor_dir))
+    env = build_vec_env(cfg.env, n_envs, cfg.seed, env_kwargs, cfg.vec, str(monitor_dir), cfg.variants)
     check_algo_env(algo, env.action_space)
     cls = algo_class(algo)
 
@@ -502,26 +578,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     policy_name = hp.get("policy") or ("MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy")
     policy = resolve_policy(policy_name)
 
+    model = _new_model(cls, policy, env, kwargs, seed=cfg.seed, device=cfg.device,
+                       tensorboard_log=str(log_dir / "tb"), verbose=0)
+    start = 0
     if cfg.resume:
         # Rebuild the network from this run's settings and load the checkpoint's weights and optimiser
         # state: SB3's cls.load would unpickle parts of the archive, which this project never does.
         from specmd_env.agents.learned import archive_timesteps, load_weights
-        model = _new_model(cls, policy, env, kwargs, seed=cfg.seed, device=cfg.device,
-                           tensorboard_log=str(log_dir / "tb"), verbose=0)
         load_weights(model, cfg.resume, cfg.device)
         model.num_timesteps = start = archive_timesteps(cfg.resume)
-    else:
-        model = _new_model(cls, policy, env, kwargs, seed=cfg.seed, device=cfg.device,
-                           tensorboard_log=str(log_dir / "tb"), verbose=0)
-        start = 0
 
-    pretrain = None
-    if hp.get("pretrain_agent") and not cfg.resume:
-        pretrain = behaviour_clone(model, cfg.env, env_kwargs, hp["pretrain_agent"],
-                                   count("pretrain_steps", hp.get("pretrain_steps", 20000), minimum=1),
-                                   count("pretrain_epochs", hp.get("pretrain_epochs", 20), minimum=1), cfg.seed)
-        pretrain["agent"] = hp["pretrain_agent"]
-        print(f"behaviour cloning warm start from {hp['pretrain_agent']!r}: {pretrain}", file=sys.stderr)
+    cloned = None
+    if cfg.bc_teacher and not cfg.resume:
+        cloned = _clone(model, cfg, env_kwargs, cfg.variants)
+    elif cfg.resume:  # continuing a cloned policy is BC then RL (the cloning is the resumed run's)
+        resumed_meta = Path(cfg.resume).with_suffix(".json")
+        if resumed_meta.is_file():
+            cloned = json.loads(resumed_meta.read_text()).get("behaviour_cloning")
 
     callbacks = []
     evaluator = None
@@ -529,7 +602,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if eval_freq:
         if not cfg.resume and eval_csv.exists():
             eval_csv.unlink()
-        evaluator = FixedEpisodeEval(cfg.env, env_kwargs, cfg.eval_requests)
+        evaluator = FixedEpisodeEval(cfg.env, {**env_kwargs, **(cfg.variants or [{}])[0]}, cfg.eval_requests)
         best_path = log_dir / "best_on_train_episode.zip" if cfg.keep_best else None
         eval_cb = _eval_callback(evaluator, algo, eval_freq, n_envs, eval_csv, best_path)
         callbacks.append(eval_cb)
@@ -544,15 +617,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         except ImportError:
             progress = False
     t0 = time.time()
-    model.learn(total_timesteps=timesteps, callback=callbacks or None, progress_bar=progress,
-                reset_num_timesteps=not cfg.resume, tb_log_name=algo)
+    if timesteps:
+        model.learn(total_timesteps=timesteps, callback=callbacks or None, progress_bar=progress,
+                    reset_num_timesteps=not cfg.resume, tb_log_name=algo)
+    elif eval_freq:  # behaviour cloning only: one point on the curve
+        from stable_baselines3.common.logger import configure as configure_logger
+        model.set_logger(configure_logger(None, []))
+        eval_cb.init_callback(model)
+        eval_cb._evaluate()
     wall = time.time() - t0
     selected = None
-    if cfg.keep_best:
+    if cfg.keep_best and timesteps:
         import shutil
 
         best_return, best_steps = eval_cb.best
         shutil.copyfile(log_dir / "best_on_train_episode.zip", save)
+        load_weights_from = save
+        from specmd_env.agents.learned import load_weights
+        load_weights(model, load_weights_from, cfg.device)
         selected = {"timesteps": best_steps, "fixed_train_episode_return": best_return,
                     "last_timesteps": int(model.num_timesteps)}
         print(f"kept the policy of step {best_steps} (fixed training episode return {best_return:.2f})", file=sys.stderr)
@@ -560,16 +642,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.save(str(save))
     env.close()
 
+    exported = _exported(model)
     meta = {
         "name": cfg.name or save.stem,
         "algo": algo,
         "env_id": cfg.env,
         "env_kwargs": env_kwargs,
+        "variants": cfg.variants,
         "policy": policy_name,
         "hyperparams": {k: v for k, v in hp.items()},
+        "recipe": ("bc+rl" if timesteps else "bc") if cloned else "rl",
+        "behaviour_cloning": cloned,
         "timesteps_this_run": timesteps,
         "num_timesteps": int(model.num_timesteps),
-        "pretrain": pretrain,
         "kept_best": selected,
         "resumed_from": cfg.resume,
         "resumed_at_timesteps": start,
@@ -579,6 +664,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "device": cfg.device,
         "log_dir": str(log_dir),
         "model_path": str(save),
+        "weights_path": str(save.with_suffix(".npz")) if exported is not None else None,
         "wall_seconds": round(wall, 1),
         "command": canonical_command(cfg),
         "argv": sys.argv if Path(sys.argv[0]).name == "specmd" else None,
@@ -587,6 +673,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "observation_space": str(model.observation_space),
         "action_space": str(model.action_space),
     }
+    if exported is not None:
+        exported.save(save.with_suffix(".npz"))
+        meta["network"] = {"hidden": list(exported.sizes), "multiply_adds_per_row": exported.flops}
     references = {}
     if evaluator is not None:
         meta["eval_fixed_train_episode"] = {"requests": evaluator.requests, "csv": str(eval_csv)}
@@ -688,7 +777,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timesteps", type=int, default=None, help="env steps to train (default: the YAML's n_timesteps); "
                         "with --resume, steps to add")
     parser.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the YAML's n_envs, else 1)")
-    parser.add_argument("--vec", choices=("dummy", "subproc"), default="dummy", help="VecEnv class (default dummy)")
+    parser.add_argument("--vec", choices=VECS, default="specmd", help="vectorisation: specmd (all sub-envs in one compiled "
+                        "call), or SB3's dummy / subproc (default specmd)")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="'K=V K=V'",
+                        help="train across settings: sub-env i uses --env-kwargs updated by variant i mod len, e.g. "
+                             "'trace=qwen3-synthetic capacity=0.02' 'capacity=0.1'")
+    parser.add_argument("--bc-teacher", default=None, metavar="AGENT",
+                        help="behaviour cloning first: imitate this agent (belady-bypass, belady, lru, ... or a learned "
+                             "one) on training requests, then RL for --timesteps (0: cloning only)")
+    parser.add_argument("--bc-steps", type=int, default=50_000, help="decisions gathered per cloning round (default 50000)")
+    parser.add_argument("--bc-rounds", type=int, default=1, help="cloning rounds: 1 = the teacher's trajectories; "
+                        "more = DAgger (the student plays, the teacher labels) (default 1)")
+    parser.add_argument("--bc-epochs", type=int, default=10, help="passes over the gathered decisions per round (default 10)")
+    parser.add_argument("--bc-target", choices=("choice", "next-use"), default="choice",
+                        help="choice: fit the teacher's decisions; next-use (Belady teachers): fit every row's next-use "
+                             "distance, Belady's ranking key, by least squares (default choice)")
+    parser.add_argument("--bc-ties", choices=("set", "teacher"), default="set",
+                        help="set: maximise the probability of any of the teacher's equally good choices (oracles); "
+                             "teacher: clone its own tie-break (default set)")
+    parser.add_argument("--bc-every", type=int, default=1, help="keep every n-th decision (default 1)")
+    parser.add_argument("--bc-lr", type=float, default=1e-3, help="cloning learning rate (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     parser.add_argument("--log-dir", default=None, help="TensorBoard, Monitor and checkpoint directory "
@@ -716,7 +824,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        log_dir=args.log_dir, checkpoint_freq=args.checkpoint_freq, resume=args.resume, save=args.save,
                        hyperparams=args.hyperparams, hp=parse_kwargs(args.hp, "--hp"), progress_bar=args.progress_bar,
                        threads=args.threads, name=args.name, eval_freq=args.eval_freq,
-                       eval_requests=args.eval_requests, keep_best=args.keep_best)
+                       eval_requests=args.eval_requests, keep_best=args.keep_best, variants=parse_variants(args.variants),
+                       bc_teacher=args.bc_teacher, bc_steps=args.bc_steps, bc_rounds=args.bc_rounds,
+                       bc_epochs=args.bc_epochs, bc_target=args.bc_target, bc_ties=args.bc_ties, bc_every=args.bc_every, bc_lr=args.bc_lr)
 
 
 def run(args: argparse.Namespace) -> int:

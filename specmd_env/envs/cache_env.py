@@ -1,4 +1,4 @@
-"""``SpecMD-*-v0``: the expert cache of MoE inference as a Gymnasium environment."""
+"""``SpecMD-*-v1``: the expert cache of MoE inference as a Gymnasium environment."""
 
 from __future__ import annotations
 
@@ -63,22 +63,25 @@ class SpecMDCacheEnv(gym.Env):
 
     ## Action Space
 
-    * ``decision="eviction"`` (``SpecMD-OLMoE-v0``): ``Discrete(capacity)``, the slot to evict. Asked
-      only when the cache must make room, for a demand miss (``pending_demand``) or for a prefetch
-      (``pending_prefetch``). Only *candidate* slots may be evicted (occupied, not pinned by the layer
-      computing, not in flight): ``action_masks()`` (sb3-contrib MaskablePPO) and the ``candidate``
-      feature say which.
+    * ``decision="eviction"`` (``SpecMD-OLMoE-v0``): ``Discrete(rows + 1)``, the slot to evict, or
+      ``rows`` (the *incoming* row) to **bypass**: do not cache the expert that needs room (a demand
+      miss is then served from a staging buffer, transferred and computed but not kept; a prefetch is
+      skipped). ``rows`` is the capacity unless ``observation_slots`` pads the observation (then actions
+      in [capacity, rows) are never valid). Asked only when the cache must make room, for a demand miss
+      (``pending_demand``) or for a prefetch (``pending_prefetch``). Only *candidate* slots may be
+      evicted (occupied, not pinned by the layer computing, not in flight), and bypass only with
+      ``bypass=True``: ``action_masks()`` (sb3-contrib MaskablePPO) and the ``candidate`` feature say which.
     * ``decision="prefetch"`` (``SpecMD-OLMoE-Prefetch-v0``): ``MultiBinary(E)``, asked at every layer
       event that has a next layer: 1 = fetch that expert of layer ``l + lookahead``. Selected experts are
       fetched in order of speculative score (best first, ties to the lower id) within the copy engine's
       budget (transfers that can start before that layer's router runs); already-resident ones are
       hinted (marked current) instead. Eviction is ``fixed_eviction``.
-    * ``decision="joint"`` (``SpecMD-OLMoE-Joint-v0``): ``MultiDiscrete([capacity] + [2] * E)``. At an
-      eviction decision only ``action[0]`` (the slot) is used; at a prefetch choice only ``action[1:]``
-      (the bits). The observation's ``pending_*`` one-hot says which is due; ``action_masks()`` masks
-      the slot part (all slots allowed at prefetch choices, where it is ignored).
+    * ``decision="joint"`` (``SpecMD-OLMoE-Joint-v0``): ``MultiDiscrete([rows + 1] + [2] * E)``. At an
+      eviction decision only ``action[0]`` (the slot, or ``rows`` = bypass) is used; at a prefetch choice
+      only ``action[1:]`` (the bits). The observation's ``pending_*`` one-hot says which is due;
+      ``action_masks()`` masks the slot part (all allowed at prefetch choices, where it is ignored).
 
-    An invalid slot (a masked one) is not an error: the eviction falls back to ``fixed_eviction``'s
+    An invalid choice (a masked one) is not an error: the eviction falls back to ``fixed_eviction``'s
     choice among the candidates, the step's reward is reduced by ``invalid_action_penalty`` and
     ``info["invalid_action"]`` is True. An action outside the action space raises
     :class:`specmd_env.errors.InvalidActionError` (a SpecMDError and a ``gymnasium.error.InvalidAction``),
@@ -87,40 +90,62 @@ class SpecMDCacheEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(0, 1, (capacity * 11 + 11 [+ E],), float32)``: 11 features per cache slot (slot-major), 11
-    global features, and in prefetch and joint modes the next layer's E speculative scores. Ages are
-    exact ranks: 1 = the oldest occupied slot of its scope (the first victim of that order), 0 = the
-    newest, spaced 1 / (scope size - 1); all-zero rows are empty slots.
+    ``Box(0, 1, ((rows + 1) * 20 + 11 [+ E],), float32)``: 20 features per row -- ``rows`` cache slots
+    (slot-major; all-zero rows are empty slots, or padding), then the *incoming* expert (the one that
+    needs room; all zero when no eviction is due) -- then 11 global features, and in prefetch and joint
+    modes the next layer's E speculative scores. One network applied to every row serves any capacity,
+    model shape and trace (``specmd_env.agents.learned``). Ages are exact ranks: 1 = the oldest occupied
+    slot of its scope (the first victim of that order), 0 = the newest, spaced 1 / (scope size - 1).
+    Frequencies come from the replay's memory of past routing (:mod:`specmd_env.envs.memory`): p =
+    (uses + 1) / (passes + 2) over the whole history, or with each use weighing 2^(-age / h) for a short
+    (h = 2 passes) and a long (h = 8) memory over a window of 1 / (1 - 2^(-1/h)) passes. The
+    ``expected_reuse`` features are the expected-next-use estimate ``steps = d + L (1/p - 1)`` (layer steps
+    until the expert is used, d = layers until its layer's next turn) as ``L / (L + steps)``: 1 = surely at
+    the next layer, 0 = never.
 
     | Index | Feature | Meaning | Min | Max |
     |-------|---------|---------|-----|-----|
-    | 11s+0 | occupied | slot s holds an expert | 0 | 1 |
-    | 11s+1 | layer_ahead | (its layer - layer computing) mod L, / L: how far ahead in the sweep | 0 | 1 |
-    | 11s+2 | current | touched (used, inserted, or hinted by the prefetcher) in this forward pass | 0 | 1 |
-    | 11s+3 | use_age | rank by last use (LRU order; unused prefetches are oldest) | 0 | 1 |
-    | 11s+4 | touch_age | rank by last touch (Least-Stale order) | 0 | 1 |
-    | 11s+5 | insert_age | rank by insertion (FIFO order) | 0 | 1 |
-    | 11s+6 | use_count | uses since insertion c, as c / (c + 16) | 0 | 1 |
-    | 11s+7 | spec_score | its expert's speculative score if its layer is l + lookahead, else 0 | 0 | 1 |
-    | 11s+8 | in_flight | its transfer has not arrived by the decision time | 0 | 1 |
-    | 11s+9 | prefetched_unused | prefetched and not yet used | 0 | 1 |
-    | 11s+10 | candidate | may be evicted now (= action mask at an eviction decision) | 0 | 1 |
-    | 11C+0 | layer | layer computing / L | 0 | 1 |
-    | 11C+1 | decode | 1 in a decode pass, 0 in a prefill | 0 | 1 |
-    | 11C+2 | request_progress | passes since the batch group began / 256, clipped | 0 | 1 |
-    | 11C+3 | copy_backlog | copy engine busy time ahead, in transfer times / 16, clipped | 0 | 1 |
-    | 11C+4 | pending_demand | an eviction for a demand miss is due | 0 | 1 |
-    | 11C+5 | pending_prefetch | an eviction for a prefetch is due | 0 | 1 |
-    | 11C+6 | pending_prefetch_choice | a prefetch choice is due | 0 | 1 |
-    | 11C+7 | pending_layer_ahead | (pending expert's layer - layer computing) mod L, / L | 0 | 1 |
-    | 11C+8 | prefetch_budget | transfers the copy engine may still start for the prefetch / E | 0 | 1 |
-    | 11C+9 | occupancy | occupied slots / capacity | 0 | 1 |
-    | 11C+10 | candidate_fraction | candidate slots / capacity | 0 | 1 |
-    | 11C+11+x | score.x | (prefetch, joint) speculative score of expert x of layer l + lookahead | 0 | 1 |
+    | 20r+0 | occupied | slot r holds an expert | 0 | 1 |
+    | 20r+1 | layer_ahead | (its layer - layer computing) mod L, / L: how far ahead in the sweep | 0 | 1 |
+    | 20r+2 | current | touched (used, inserted, or hinted by the prefetcher) in this forward pass | 0 | 1 |
+    | 20r+3 | use_age | rank by last use (LRU order; unused prefetches are oldest) | 0 | 1 |
+    | 20r+4 | touch_age | rank by last touch (Least-Stale order) | 0 | 1 |
+    | 20r+5 | insert_age | rank by insertion (FIFO order) | 0 | 1 |
+    | 20r+6 | use_count | uses since insertion c, as c / (c + 16) | 0 | 1 |
+    | 20r+7 | spec_score | its expert's speculative score if its layer is l + lookahead, else 0 | 0 | 1 |
+    | 20r+8 | in_flight | its transfer has not arrived by the decision time | 0 | 1 |
+    | 20r+9 | prefetched_unused | prefetched and not yet used | 0 | 1 |
+    | 20r+10 | candidate | may be chosen now (= action mask at an eviction decision; incoming row: bypass allowed) | 0 | 1 |
+    | 20r+11 | incoming | 1 on the incoming row only | 0 | 1 |
+    | 20r+12 | next_turn | layers until its layer runs again (1 = next layer ... L = the layer computing), / L | 0 | 1 |
+    | 20r+13 | frequency | its expert's share of passes that used it, whole history (Laplace) | 0 | 1 |
+    | 20r+14 | frequency_short | the same, recency-weighted, half-life 2 passes | 0 | 1 |
+    | 20r+15 | frequency_long | the same, recency-weighted, half-life 8 passes | 0 | 1 |
+    | 20r+16 | recency | 1 / (1 + passes since its expert's last use); 0 if never used | 0 | 1 |
+    | 20r+17 | expected_reuse | L / (L + expected layer steps to its next use), from ``frequency`` | 0 | 1 |
+    | 20r+18 | expected_reuse_short | the same from ``frequency_short`` | 0 | 1 |
+    | 20r+19 | expected_reuse_long | the same from ``frequency_long`` | 0 | 1 |
+    | G+0 | layer | layer computing / L | 0 | 1 |
+    | G+1 | decode | 1 in a decode pass, 0 in a prefill | 0 | 1 |
+    | G+2 | request_progress | passes since the batch group began / 256, clipped | 0 | 1 |
+    | G+3 | copy_backlog | copy engine busy time ahead, in transfer times / 16, clipped | 0 | 1 |
+    | G+4 | pending_demand | an eviction for a demand miss is due | 0 | 1 |
+    | G+5 | pending_prefetch | an eviction for a prefetch is due | 0 | 1 |
+    | G+6 | pending_prefetch_choice | a prefetch choice is due | 0 | 1 |
+    | G+7 | pending_layer_ahead | (pending expert's layer - layer computing) mod L, / L | 0 | 1 |
+    | G+8 | prefetch_budget | transfers the copy engine may still start for the prefetch / E | 0 | 1 |
+    | G+9 | occupancy | occupied slots / capacity | 0 | 1 |
+    | G+10 | candidate_fraction | candidate slots / capacity | 0 | 1 |
+    | G+11+x | score.x | (prefetch, joint) speculative score of expert x of layer l + lookahead | 0 | 1 |
+
+    (r = row in [0, rows]: the slot rows, then the incoming row at r = rows; G = 20 (rows + 1).) On the
+    incoming row the slot-only features (occupied, current, the ages, use_count, in_flight,
+    prefetched_unused) are 0. A layer event's routing enters the memory once its router has run: the
+    frequencies of a demand decision count the layer computing.
 
     Nothing in the observation comes from the future. Oracle facts are in ``info`` when ``oracle_info=True``:
-    ``info["next_use"]`` (per slot: accesses until its expert's next use, -1 empty, ``kernel.NEVER``
-    none in the chunk; at eviction decisions) and ``info["next_experts"]`` (tokens of this pass routed
+    ``info["next_use"]`` (per row, the incoming row last: accesses until its expert's next use, -1 empty,
+    ``kernel.NEVER`` none in the chunk; at eviction decisions) and ``info["next_experts"]`` (tokens of this pass routed
     to each expert of layer l + lookahead).
 
     ## Rewards
@@ -157,7 +182,11 @@ class SpecMDCacheEnv(gym.Env):
     (100.0), ``w_miss`` (0.0), ``split`` ("all" | "train" | "test"), ``test_domains`` (None: test = every
     fifth request; else the requests of these domains), ``requests_per_episode`` (4; None = all),
     ``invalid_action_penalty`` (1.0), ``oracle_info`` (False; True adds ``next_use`` and
-    ``next_experts`` to ``info`` for oracle agents, at ~2 us per step), ``render_mode`` ("ansi" | "rgb_array").
+    ``next_experts`` to ``info`` for oracle agents, at ~2 us per step), ``bypass`` (True: the incoming
+    row may be chosen; False masks it out, as for a cache that must admit every expert),
+    ``observation_slots`` (None: one row per slot; N >= capacity pads the observation to N slot rows so
+    that environments of different capacities share one observation and action space),
+    ``render_mode`` ("ansi" | "rgb_array").
     Bad values raise SpecMDError naming the keyword.
 
     ## Vectorized environment
@@ -168,7 +197,11 @@ class SpecMDCacheEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial version.
+    * v0 (pre-release, changed in place until the first release so that the id users know keeps working):
+      the incoming row and the bypass action (``Discrete(rows + 1)``), nine more features per row (incoming,
+      next turn, frequencies, recency, expected reuse), ``bypass`` and ``observation_slots``; earlier: 11
+      features per slot and ``Discrete(capacity)``. Agents record the observation layout they were trained
+      on and refuse to load into a different one.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -178,7 +211,8 @@ class SpecMDCacheEnv(gym.Env):
                  fixed_eviction: str = "least-stale", fixed_prefetch: str = "score", prefetch_mass: float = 0.8,
                  w_collision: float = 1.0, w_latency: float = 100.0, w_miss: float = 0.0, split: str = "all",
                  test_domains=None, requests_per_episode: int | None = 4, invalid_action_penalty: float = 1.0,
-                 oracle_info: bool = False, render_mode: str | None = None):
+                 oracle_info: bool = False, bypass: bool = True, observation_slots: int | None = None,
+                 render_mode: str | None = None):
         if decision not in DECISIONS:
             raise SpecMDError(f"decision must be one of {DECISIONS}, got {decision!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -226,28 +260,52 @@ class SpecMDCacheEnv(gym.Env):
             w_miss=self.weights.miss, split=split, test_domains=test_domains,
             split_requests=self.split_ids.tolist(), requests_per_episode=requests_per_episode,
             invalid_action_penalty=self.invalid_action_penalty, oracle_info=self.oracle_info)
-        self.layout = ObservationLayout(self.capacity, self.num_experts, with_scores=agent_prefetches)
+        if not isinstance(bypass, (bool, np.bool_)):
+            raise SpecMDError(f"bypass must be True or False, got {bypass!r}")
+        self.bypass = bool(bypass)
+        if observation_slots is not None and (isinstance(observation_slots, bool) or not is_integer(observation_slots)
+                                              or observation_slots < self.capacity):
+            raise SpecMDError(f"observation_slots must be None or an integer >= the capacity ({self.capacity} slots), "
+                              f"got {observation_slots!r}")
+        self.config.update(bypass=self.bypass, observation_slots=observation_slots)
+        self.layout = ObservationLayout(self.capacity, self.num_experts, with_scores=agent_prefetches,
+                                        rows=observation_slots)
+        self.rows = self.layout.rows
         self.observation_space = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
         E = self.num_experts
         if decision == "eviction":
-            self.action_space = spaces.Discrete(self.capacity)
+            self.action_space = spaces.Discrete(self.rows + 1)
         elif decision == "prefetch":
             self.action_space = spaces.MultiBinary(E)
         else:
-            self.action_space = spaces.MultiDiscrete(np.array([self.capacity] + [2] * E, np.int64))
+            self.action_space = spaces.MultiDiscrete(np.array([self.rows + 1] + [2] * E, np.int64))
         # per-step output buffers (the vector env re-binds them to rows of its batch arrays), and the
         # argument table of the compiled step (the vector env re-binds it to a row of its own)
         self.replay: Replay | None = None
         self._tab = np.zeros((1, 2 * K.N_ARGS), np.int64)
         self._terminated = False
-        self._bind_buffers(np.zeros(self.layout.size, np.float32), np.ones(self.capacity, bool),
-                           np.zeros(1 + E, np.int64), np.zeros(self.capacity + E, np.int64))
+        self._bind_buffers(np.zeros(self.layout.size, np.float32), np.ones(self.rows + 1, bool),
+                           np.zeros(1 + E, np.int64), np.zeros(self.scratch_size, np.int64))
         self._done = True
 
+    def replay_settings(self) -> dict:
+        """The keywords of :func:`specmd_env.simulate` that replay what this environment replays (trace,
+        model, hardware, capacity, lookahead, batch size, scope, fixed prefetcher): give them an eviction
+        policy (e.g. a compiled learned one) to replay an episode without the environment."""
+        kwargs = {k: v for k, v in self._replay_kwargs.items() if k not in ("observe", "decide", "eviction")}
+        return {"trace": self.trace, **kwargs}
+
     # -- plumbing ------------------------------------------------------------------------------------
+    @property
+    def scratch_size(self) -> int:
+        """int64 items of the step's scratch buffer (settings, memory, oracle facts: see envs/_core.py)."""
+        return _core.scratch_size(self.rows, self.num_experts, self.num_layers * self.num_experts)
+
     def _bind_buffers(self, obs, mask, act, orc, tab=None):
         """Use these output buffers (and argument-table row), e.g. rows of a vector env's batch arrays."""
         self._obs, self._mask, self._act, self._orc = obs, mask, act, orc
+        orc[_core.X_ROWS] = self.rows
+        orc[_core.X_BYPASS] = int(self.bypass)
         if tab is not None:
             tab[:] = self._tab
             self._tab = tab
@@ -293,6 +351,7 @@ class SpecMDCacheEnv(gym.Env):
         self._write_buffer_addresses()
         replay.si[K.H_ORACLE] = int(self.oracle_info)
         replay.si[K.H_SCORES] = int(self.layout.with_scores)
+        _core.reset_memory(self._tab.ctypes.data)
         r = self._reward_part
         r[_core.R_W_COL], r[_core.R_W_LAT], r[_core.R_W_MISS] = (self.weights.collision, self.weights.latency,
                                                                   self.weights.miss)
@@ -313,10 +372,14 @@ class SpecMDCacheEnv(gym.Env):
     def _info(self) -> dict:
         info = {"decision": self.pending}
         if self.oracle_info:
-            C = self.capacity
-            info["next_use"] = self._orc[:C].copy()
-            info["next_experts"] = self._orc[C:].copy()
+            info["next_use"], info["next_experts"] = self.oracle_facts(self._orc)
         return info
+
+    def oracle_facts(self, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(next_use [.., rows + 1], next_experts [.., E]) copied out of a step scratch (or a batch of them)."""
+        base, rows = _core.X_HEADER, self.rows
+        return (scratch[..., base:base + rows + 1].copy(),
+                scratch[..., base + rows + 1:base + rows + 1 + self.num_experts].copy())
 
     # -- Gymnasium API -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -364,10 +427,11 @@ class SpecMDCacheEnv(gym.Env):
         slot that is not an integer, or a bit that is not 0 or 1) raises InvalidActionError, uncast."""
         act = self._act
         E = self.num_experts
+        n = self.rows + 1
         if self.decision == "eviction":
-            if not is_integer(action) or not 0 <= action < self.capacity:
-                raise InvalidActionError(f"action must be an integer slot in [0, {self.capacity}) "
-                                         f"(Discrete({self.capacity})), got {action!r:.60} ({type(action).__name__})")
+            if not is_integer(action) or not 0 <= action < n:
+                raise InvalidActionError(f"action must be an integer in [0, {n}) (a slot, or {self.rows}: bypass; "
+                                         f"Discrete({n})), got {action!r:.60} ({type(action).__name__})")
             act[0] = action
             return
         a = np.asarray(action)
@@ -377,9 +441,9 @@ class SpecMDCacheEnv(gym.Env):
                                          f"{a.dtype} shape {a.shape}: {shorten(a)}")
             act[1:] = a
         else:
-            if a.shape != (1 + E,) or a.dtype.kind not in "iu" or not 0 <= a[0] < self.capacity \
+            if a.shape != (1 + E,) or a.dtype.kind not in "iu" or not 0 <= a[0] < n \
                     or np.any((a[1:] != 0) & (a[1:] != 1)):
-                raise InvalidActionError(f"action must be integers [slot in [0, {self.capacity})] + {E} bits, got "
+                raise InvalidActionError(f"action must be integers [slot in [0, {n})] + {E} bits, got "
                                          f"{a.dtype} shape {a.shape}: {shorten(a)}")
             act[:] = a
 

@@ -61,12 +61,15 @@ def make_env(**kwargs):
     return SpecMDCacheEnv(**kwargs)
 
 
-def make_vector_env(num_envs: int = 1, max_episode_steps: int | None = None, **kwargs):
-    """The vector entry point (``vectorization_mode="vector_entry_point"``), with the same keyword check."""
+def make_vector_env(num_envs: int = 1, max_episode_steps: int | None = None, variants: list | None = None, **kwargs):
+    """The vector entry point (``vectorization_mode="vector_entry_point"``), with the same keyword check
+    (on the common keywords and on each of ``variants``)."""
     from specmd_env.envs.vector_env import SpecMDVectorEnv
 
     check_keywords(kwargs)
-    return SpecMDVectorEnv(num_envs=num_envs, max_episode_steps=max_episode_steps, **kwargs)
+    for variant in variants or []:
+        check_keywords(variant if isinstance(variant, dict) else {})
+    return SpecMDVectorEnv(num_envs=num_envs, max_episode_steps=max_episode_steps, variants=variants, **kwargs)
 
 
 def register_envs() -> None:

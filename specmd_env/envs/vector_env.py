@@ -25,31 +25,48 @@ class SpecMDVectorEnv(VectorEnv):
     ``info`` holds ``invalid_action`` [N] every step (and ``next_use`` / ``next_experts`` with
     ``oracle_info``); an ending episode's ``metrics``, ``score`` and ``episode_reward`` appear under
     the usual vector-info masks (``info["_episode_reward"]``).
+
+    ``variants``: a list of keyword dicts; sub-environment i is made with the common keywords updated by
+    ``variants[i % len(variants)]`` -- e.g. different traces, capacities or hardware profiles, to train
+    one network across them. They must share the observation and action spaces: eviction environments
+    of different capacities do when ``observation_slots`` pads them to the same number of rows.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int = 1, max_episode_steps: int | None = None, **kwargs):
+    def __init__(self, num_envs: int = 1, max_episode_steps: int | None = None, variants: list | None = None,
+                 **kwargs):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise SpecMDError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         self.num_envs = int(num_envs)
-        self.envs = [SpecMDCacheEnv(**kwargs) for _ in range(self.num_envs)]
+        if variants is not None and (not isinstance(variants, (list, tuple)) or not variants
+                                     or not all(isinstance(v, dict) for v in variants)):
+            raise SpecMDError(f"variants must be a non-empty list of keyword dicts, got {variants!r:.80}")
+        variants = list(variants or [{}])
+        self.envs = [SpecMDCacheEnv(**{**kwargs, **variants[i % len(variants)]}) for i in range(self.num_envs)]
         first = self.envs[0]
-        self.config = dict(first.config, num_envs=self.num_envs)
+        for i, env in enumerate(self.envs[1:], 1):
+            if env.observation_space != first.observation_space or env.action_space != first.action_space \
+                    or env.decision != first.decision:
+                raise SpecMDError(f"variants give sub-environments different spaces (env 0: {first.observation_space}, "
+                                  f"{first.action_space}; env {i}: {env.observation_space}, {env.action_space}); "
+                                  "pad eviction observations to one size with observation_slots=N")
+        self.config = dict(first.config, num_envs=self.num_envs, variants=variants)
         self.render_mode = first.render_mode
         self.single_observation_space = first.observation_space
         self.single_action_space = first.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.max_episode_steps = max_episode_steps
-        N, C, E = self.num_envs, first.capacity, first.num_experts
+        N = self.num_envs
         self._obs = np.zeros((N, first.layout.size), np.float32)
-        self._mask = np.ones((N, C), bool)
-        self._act = np.zeros((N, 1 + E), np.int64)
-        self._orc = np.zeros((N, C + E), np.int64)
+        self._mask = np.ones((N, first.rows + 1), bool)
+        self._act = np.zeros((N, 1 + max(env.num_experts for env in self.envs)), np.int64)
+        self._orc = np.zeros((N, max(env.scratch_size for env in self.envs)), np.int64)
         self._tab = np.zeros((N, 2 * K.N_ARGS), np.int64)  # the argument tables (rows: sub-envs')
         for i, env in enumerate(self.envs):
-            env._bind_buffers(self._obs[i], self._mask[i], self._act[i], self._orc[i], self._tab[i:i + 1])
+            env._bind_buffers(self._obs[i], self._mask[i], self._act[i, :1 + env.num_experts],
+                              self._orc[i, :env.scratch_size], self._tab[i:i + 1])
         self._status = np.zeros(N, np.int64)
         self._rewards = np.zeros(N, np.float64)
         self._invalid = np.zeros(N, np.int64)
@@ -70,9 +87,7 @@ class SpecMDVectorEnv(VectorEnv):
     def _infos(self, finals: dict[int, dict]) -> dict:
         info: dict = {"invalid_action": self._invalid == 1}
         if self.envs[0].oracle_info:
-            C = self.envs[0].capacity
-            info["next_use"] = self._orc[:, :C].copy()
-            info["next_experts"] = self._orc[:, C:].copy()
+            info["next_use"], info["next_experts"] = self.envs[0].oracle_facts(self._orc)
         for i, final in finals.items():
             info = self._add_info(info, final, i)
         return info
@@ -101,10 +116,12 @@ class SpecMDVectorEnv(VectorEnv):
         envs = self.envs
         first = envs[0]
         N = self.num_envs
+        n_actions = first.rows + 1
         if first.decision == "eviction":
             if actions.shape != (N,) or actions.dtype.kind not in "iu" or \
-                    not _core.set_slots(self._act, actions, first.capacity):
-                raise InvalidActionError(f"actions must be {N} integer slots in [0, {first.capacity}), got "
+                    not _core.set_slots(self._act, actions, n_actions):
+                raise InvalidActionError(f"actions must be {N} integers in [0, {n_actions}) (slots, {first.rows}: "
+                                         f"bypass), got "
                                          f"{actions.dtype} shape {actions.shape}: {shorten(actions)}")
         elif first.decision == "prefetch":
             if actions.shape != (N, first.num_experts) or actions.dtype.kind not in "biuf" \
@@ -114,10 +131,10 @@ class SpecMDVectorEnv(VectorEnv):
             self._act[:, 1:] = actions
         else:
             if actions.shape != (N, 1 + first.num_experts) or actions.dtype.kind not in "iu" \
-                    or actions[:, 0].min() < 0 or actions[:, 0].max() >= first.capacity \
+                    or actions[:, 0].min() < 0 or actions[:, 0].max() >= n_actions \
                     or np.any((actions[:, 1:] != 0) & (actions[:, 1:] != 1)):
                 raise InvalidActionError(f"actions must be integers [{N}, {1 + first.num_experts}] (slot in "
-                                         f"[0, {first.capacity}) + bits), got {actions.dtype} shape {actions.shape}")
+                                         f"[0, {n_actions}) + bits), got {actions.dtype} shape {actions.shape}")
             self._act[:] = actions
         has = self._has_action
         special = self._any_special  # an env to reset (next-step autoreset) or one that needs no decision
@@ -187,6 +204,20 @@ class SpecMDVectorEnv(VectorEnv):
         if special and not self._any_special:  # a reset replay that needs no decision is handled next step
             self._any_special = bool(self._nodecision.any())
         return self._obs.copy(), self._rewards.copy(), terminated, truncated, self._infos(finals)
+
+    def reset_one(self, i: int, seed: int | None = None) -> np.ndarray:
+        """Reset sub-environment ``i`` now (same-step autoreset, as Stable-Baselines3's VecEnv does) and
+        return its first observation; the next step then steps it normally."""
+        env = self.envs[i]
+        env.reset(seed=seed)
+        self._autoreset[i] = False
+        self._nodecision[i] = env._done
+        self._any_special = bool(self._autoreset.any() or self._nodecision.any())
+        self._steps[i] = 0
+        self._ep_reward[i] = 0.0
+        self._ep_steps[i] = 0
+        self._ep_invalid[i] = 0
+        return self._obs[i].copy()
 
     def action_masks(self) -> np.ndarray:
         """[N, ...] masks for MaskablePPO."""

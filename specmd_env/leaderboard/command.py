@@ -95,13 +95,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="local process pool, or Ray (pip install -e '.[ray]')")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--trained-dir", type=Path, default=None,
-                        help="where learned agents (*.zip) are (default: the committed ones, specmd_env/data/agents)")
+                        help="where learned agents (*.npz weights + *.json) are (default: the committed ones, "
+                             "specmd_env/data/agents)")
     parser.add_argument("--no-learned", action="store_true", help="leave learned agents out")
-    parser.add_argument("--learned-requests", type=int, default=1,
-                        help="learned agents (slow: a network call per eviction) are scored, beside every "
-                             "handcrafted policy, on the first N held-out (test-split) requests of each seed's sample")
-    parser.add_argument("--learned-hardware", nargs="+", default=["paper-a100-5gbps"], metavar="PROFILE",
-                        help="hardware profiles learned agents are scored on")
+    parser.add_argument("--learned-hardware", nargs="+", default=None, metavar="PROFILE",
+                        help="hardware profiles learned agents are scored on (default: every profile of the sweep)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table on stdout")
     parser.add_argument("--run-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow runs down
@@ -130,9 +128,8 @@ def canonical_command(args) -> str:
     add("--sample-frac", f"{args.sample_frac:g}", f"{DEFAULT_SAMPLE_FRAC:g}")
     if args.no_learned:
         parts.append("--no-learned")
-    else:
-        add("--learned-requests", args.learned_requests, 1)
-        add("--learned-hardware", args.learned_hardware, ["paper-a100-5gbps"])
+    elif args.learned_hardware is not None:
+        add("--learned-hardware", args.learned_hardware, None)
     return " ".join(parts)
 
 
@@ -161,10 +158,11 @@ def _validate(args) -> None:
         raise SpecMDError("--workers must be >= 1")
     if not args.seeds:
         raise SpecMDError("--seeds needs at least one seed")
+    outside = [h for h in args.learned_hardware or [] if h not in args.hardware]
+    if outside:
+        raise SpecMDError(f"--learned-hardware {' '.join(outside)} is not in --hardware ({' '.join(args.hardware)})")
     if min(args.seeds) < 0:
         raise SpecMDError(f"--seeds must be >= 0, got {min(args.seeds)}")
-    if args.learned_requests < 1:
-        raise SpecMDError(f"--learned-requests must be >= 1, got {args.learned_requests}")
     for option, values in (("--seeds", args.seeds), ("--capacities", args.capacities), ("--hardware", args.hardware),
                            ("--evictions", args.evictions), ("--prefetches", args.prefetches),
                            ("--presets", args.presets)):
@@ -299,12 +297,12 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
         section = [
             "## Learned agents",
             "",
-            "A learned agent makes every decision through its network (milliseconds each, tens of thousands per "
-            "full replay), so it is scored on its own cell -- the model, capacity and hardware it was trained "
-            f"for -- replaying the first {args.learned_requests} held-out requests of each seed's sample, beside "
-            "every handcrafted policy and oracle rerun on exactly that workload (same score definition, anchors "
-            "from that cell). The requests come from the environment's test split; agents were trained on its "
-            "train split only. One table per cell.",
+            "A learned agent (a row scorer exported to numpy weights, run compiled inside the replay like any "
+            "eviction policy) is scored on every cell, beside every prefetcher, on held-out requests only: each "
+            "seed's request sample restricted to the environment's test split (agents train on its train split), "
+            "with every handcrafted policy and oracle rerun on exactly those requests (same score definition, "
+            "anchors from that cell). One table per cell; the notes say which traces an agent was trained on "
+            "and which it sees zero-shot.",
             "",
         ]
         for (trace, capacity, hardware), table in agent_summary.items():
@@ -335,9 +333,8 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
         def note(message):
             messages.append(message)
             log(message)
-        hardware = tuple(h for h in args.learned_hardware if h in args.hardware)
-        derived = agent_specs(specs, args.trained_dir, log=note, max_requests=args.learned_requests,
-                              hardware=hardware)
+        hardware = None if args.learned_hardware is None else tuple(args.learned_hardware)
+        derived = agent_specs(specs, args.trained_dir, log=note, hardware=hardware)
         # an agent's own runs are not a preset's, whichever row they were derived from
         specs += list({s.run_id: s for s in (replace(s, preset="") if s.agent else s for s in derived)}.values())
         notes += [m.removeprefix("leaderboard: ") for m in messages]
@@ -345,7 +342,7 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
     failed: list[str] = []
     with RunLog(out / CSV_NAME) as runs:
         pending = [s for s in specs if s.run_id not in runs]
-        pending.sort(key=lambda s: not s.agent)   # slow learned-agent runs first: no long tail at the end
+        pending.sort(key=lambda s: not s.agent)   # learned-agent runs first
         log(f"leaderboard: {len(specs)} runs, {len(specs) - len(pending)} already in {out / CSV_NAME}, "
             f"{len(pending)} to run on {args.backend} ({args.workers} worker(s))")
         results = iter_results(pending, backend=args.backend, workers=args.workers, address=args.address)
