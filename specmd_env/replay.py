@@ -348,6 +348,7 @@ class Replay:
                 self.si[K.H_HAS_SPEC] = self.with_spec
                 argument_table((self.si, self.sf) + self.chunk, self.tab)
             more = self.schedule.next_step(self.tab.ctypes.data, float(self.fst[K.S_COMPUTE]))
+            self.ist[K.I_RUNNING], self.ist[K.I_WAITING] = self.schedule.load()
             self.ist[K.I_EVENT] = 0
             self.ist[K.I_PHASE] = K.P_START
             return more

@@ -37,7 +37,7 @@ RQ_ARRIVAL, RQ_FIRST, RQ_LAST, N_RQ_F = range(4)
 WAITING, RUNNING, FINISHED = 0, 1, 2
 # scheduler ints: caps, counters, then the running list and the current step's emissions
 (SC_MAX_SEQS, SC_MAX_TOKENS, SC_NEXT, SC_RUNNING, SC_STEP, SC_EMITS, SC_GAPS, SC_FINISHED, SC_NUM_LAYERS,
- SC_NUM_EXPERTS, SC_TOP_K, SC_HAS_GATES, SC_HAS_SPEC, N_SC_I) = range(14)
+ SC_NUM_EXPERTS, SC_TOP_K, SC_HAS_GATES, SC_HAS_SPEC, SC_WAITING, N_SC_I) = range(15)
 # scheduler floats: the dense-time model and the expert roofline
 (SF_OVERHEAD, SF_PER_TOKEN, SF_PER_PAIR, SF_MEMORY, SF_PER_KV, SF_EXPERT_PER_TOKEN, SF_EXPERT_MIN, N_SC_F) = range(8)
 
@@ -179,6 +179,10 @@ def build_step(tab, sc_i, sc_f, rq_i, rq_f, gaps, running, emits, rows, position
         ev_est[layer] = est
     pass_kind[0] = 1 if decode_only else 0
     pass_ready[0] = start
+    waiting = sc_i[SC_NEXT]  # requests arrived by the step's start and not admitted (the queue)
+    while waiting < R and rq_f[waiting, RQ_ARRIVAL] <= start:
+        waiting += 1
+    sc_i[SC_WAITING] = waiting - sc_i[SC_NEXT]
     t_arr[K.N_ARGS + K.A_EV_OBJ] = n
     t_arr[K.N_ARGS + K.A_EV_COUNT] = n
     t_arr[K.N_ARGS + K.A_MASS] = n
@@ -284,6 +288,10 @@ class ContinuousSchedule:
     def next_step(self, tab, now: float) -> bool:
         """Compose and bind the next step (False when every request has finished)."""
         return bool(build_step(tab, *self._args(), now))
+
+    def load(self) -> tuple[int, int]:
+        """(running sequences, requests waiting to be admitted) of the step composed last."""
+        return int(self.sc_i[SC_RUNNING]), int(self.sc_i[SC_WAITING])
 
     def serve(self, tab, ist, fst) -> int:
         return int(serve(tab, *self._args(), ist, fst))

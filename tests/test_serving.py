@@ -6,6 +6,8 @@ Step times are computed here from the hardware profile's own formulas (``dense_s
 
 from dataclasses import replace
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 from conftest import FAST, SLOW, make_trace, slots, tiny_model
@@ -147,3 +149,44 @@ def test_host_order_differs_between_lru_and_fifo():
     fifo = simulate(trace, model=MODEL, hardware=two_tier(2), capacity=slots(MODEL, 1), host_policy="fifo")
     assert (lru.ssd_reads, fifo.ssd_reads) == (3, 4)
     assert fifo.stall_seconds > lru.stall_seconds
+
+
+def serving_env(**kw):
+    return gym.make("SpecMD-OLMoE-v0", trace=two_requests(), model=MODEL, hardware=FAST, capacity="1slots",
+                    fixed_prefetch="none", fixed_eviction="lru", requests_per_episode=None, bypass=False,
+                    scheduler="continuous", **kw).unwrapped
+
+
+def test_env_under_continuous_batching_observes_the_load_and_equals_simulate():
+    """One slot for two objects (expert 0 of each layer): every layer evicts the other layer's expert.
+    max_num_seqs 1: at the first decision A runs alone and B, arrived at 0, waits -> running 1/1 and
+    queue 1 / (1 + 1). Answering with the only candidate replays what simulate() replays."""
+    env = serving_env(max_num_seqs=1, max_num_batched_tokens=4)
+    obs, _ = env.reset(seed=0)
+    assert env.layout.with_serving and env.layout.names()[env.layout.serving_start] == "serving.running_sequences"
+    assert env.layout.serving(obs).tolist() == [1.0, 0.5]
+    queue_seen, done, metrics = [], False, None
+    while not done:
+        queue_seen.append(float(env.layout.serving(obs)[1]))
+        obs, _, done, _, info = env.step(int(np.flatnonzero(env.action_masks())[0]))
+        metrics = info.get("metrics", metrics)
+    assert queue_seen[-1] == 0.0  # B was admitted once A finished
+    ref = simulate(two_requests(), model=MODEL, hardware=FAST, capacity="1slots", eviction="lru", scheduler="continuous",
+                   max_num_seqs=1, max_num_batched_tokens=4)
+    assert metrics["misses"] == ref.misses and metrics["p99_ttft_seconds"] == pytest.approx(ref.percentile("ttft", 99))
+    assert metrics["total_seconds"] == pytest.approx(ref.total_seconds)
+
+
+def test_env_serving_options_pass_the_checkers_and_are_checked():
+    from gymnasium.utils.env_checker import check_env
+
+    env = serving_env(max_num_seqs=2, arrival_rate=4.0)
+    check_env(env, skip_render_check=True)
+    plain = gym.make("SpecMD-OLMoE-v0", trace=two_requests(), model=MODEL, hardware=FAST, capacity="1slots",
+                     fixed_prefetch="none", requests_per_episode=None).unwrapped
+    assert not plain.layout.with_serving
+    assert plain.observation_space.shape[0] == env.observation_space.shape[0] - 2
+    with pytest.raises(SpecMDError, match="scheduler"):
+        gym.make("SpecMD-OLMoE-v0", scheduler="fcfs")
+    with pytest.raises(SpecMDError, match="max_num_seqs"):
+        serving_env(max_num_seqs=0)

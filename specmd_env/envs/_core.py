@@ -4,7 +4,8 @@ An environment is a :class:`specmd_env.Replay` made with ``observe=True`` plus f
 (observation, action mask, action, and a scratch of int64 items) whose addresses join the replay's
 argument table (:mod:`specmd_env.kernel.layout`). A step is then one compiled call given one address:
 the table's. The scratch (argument ``A_ORC``) holds the environment's settings the step needs
-(``X_ROWS``: slot rows of the observation, ``X_BYPASS``: whether bypass may be chosen), the cursor of
+(``X_ROWS``: slot rows of the observation, ``X_BYPASS``: whether bypass may be chosen, ``X_SERVING``:
+where the serving features go, -1 for none, ``X_MAX_SEQS``: their scale), the cursor of
 the observation's memory (``X_CURSOR``: the last layer event of the chunk it has absorbed), the oracle
 facts for ``info`` (``next_use`` [rows + 1], ``next_experts`` [E]), and the memory itself
 (:mod:`specmd_env.envs.memory`, float64 items stored in the int64 buffer).
@@ -34,7 +35,7 @@ from specmd_env.kernel.state import arena, unpack
 R_W_COL, R_W_LAT, R_W_MISS, R_PREV_COL, R_PREV_STALL, R_PREV_MISS, R_REWARD, N_REWARD = range(8)
 assert N_REWARD <= K.REWARD_PART
 ROW_BYTES = 2 * K.N_ARGS * 8  # one row of an argument table
-X_ROWS, X_BYPASS, X_CURSOR, X_HEADER = range(4)  # the scratch's header
+X_ROWS, X_BYPASS, X_CURSOR, X_SERVING, X_MAX_SEQS, X_HEADER = range(6)  # the scratch's header
 
 
 def scratch_size(rows: int, num_experts: int, num_objects: int) -> int:
@@ -173,6 +174,15 @@ def _oracle(k, scratch):
             orc[nx + k.ev_obj[j] % E] = k.ev_count[j]
 
 
+@njit(cache=True, inline="always")
+def _serving(k, obs, scratch):
+    """The server's load (observation.SERVING_FEATURES), as the replay wrote it for the current step."""
+    cap = float(scratch[X_MAX_SEQS])
+    waiting = float(k.ist[K.I_WAITING])
+    obs[scratch[X_SERVING]] = k.ist[K.I_RUNNING] / cap
+    obs[scratch[X_SERVING] + 1] = waiting / (waiting + cap)
+
+
 @njit(cache=True)
 def step_one(tab, has_action):
     """Answer the pending decision (if ``has_action``), replay to the next decision, and write reward,
@@ -194,6 +204,8 @@ def step_one(tab, has_action):
         layer_tab = k.sf[k.si[K.H_LAYER_TAB]:k.si[K.H_LAYER_TAB] + k.num_layers]
         build_observation(k, obs, mask, k.si[K.H_SCORES] == 1, rank_tab, layer_tab, _memory(k, scratch), rows,
                           scratch[X_BYPASS] == 1)
+        if scratch[X_SERVING] >= 0:
+            _serving(k, obs, scratch)
         if k.si[K.H_ORACLE] == 1:
             _oracle(k, scratch)
     return status

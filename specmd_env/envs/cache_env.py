@@ -186,6 +186,13 @@ class SpecMDCacheEnv(gym.Env):
     row may be chosen; False masks it out, as for a cache that must admit every expert),
     ``observation_slots`` (None: one row per slot; N >= capacity pads the observation to N slot rows so
     that environments of different capacities share one observation and action space),
+    ``scheduler`` ("static" | "continuous": vLLM-style continuous batching, :mod:`specmd_env.serving`),
+    ``arrival_rate`` (Poisson requests/s, seeded by the episode) or ``arrival_times`` (one per replayed
+    request), ``max_num_seqs`` (256) and ``max_num_batched_tokens`` (8192): the scheduler's caps; under
+    continuous batching the observation gains the serving features ``running_sequences`` (running /
+    max_num_seqs) and ``queue_length`` (waiting w as w / (w + max_num_seqs)) after the globals.
+    ``host_policy`` ("lru" | "fifo"): host memory's own policy on a two-tier hardware profile (tiers come
+    with ``hardware``). The final ``info["metrics"]`` has p50/p90/p99 TTFT, TPOT and inter-token latency.
     ``render_mode`` ("ansi" | "rgb_array").
     Bad values raise SpecMDError naming the keyword.
 
@@ -212,6 +219,8 @@ class SpecMDCacheEnv(gym.Env):
                  w_collision: float = 1.0, w_latency: float = 100.0, w_miss: float = 0.0, split: str = "all",
                  test_domains=None, requests_per_episode: int | None = 4, invalid_action_penalty: float = 1.0,
                  oracle_info: bool = False, bypass: bool = True, observation_slots: int | None = None,
+                 scheduler: str = "static", arrival_rate: float | None = None, arrival_times=None,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, host_policy: str = "lru",
                  render_mode: str | None = None):
         if decision not in DECISIONS:
             raise SpecMDError(f"decision must be one of {DECISIONS}, got {decision!r}")
@@ -243,7 +252,9 @@ class SpecMDCacheEnv(gym.Env):
         self._replay_kwargs = dict(
             model=model, hardware=hardware, capacity=capacity, lookahead=lookahead, batch_size=batch_size,
             scope=scope, eviction=fixed_ev, prefetch="none" if agent_prefetches else fixed_prefetch,
-            prefetch_mass=prefetch_mass, observe=True,
+            prefetch_mass=prefetch_mass, scheduler=scheduler, arrival_rate=arrival_rate,
+            arrival_times=arrival_times, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            host_policy=host_policy, observe=True,
             decide=(("eviction",) if agent_evicts else ()) + (("prefetch",) if agent_prefetches else ()))
         probe = Replay(self.trace, requests=self.split_ids[:1], **self._replay_kwargs)  # validates every keyword
         self.model = probe.model
@@ -267,9 +278,12 @@ class SpecMDCacheEnv(gym.Env):
                                               or observation_slots < self.capacity):
             raise SpecMDError(f"observation_slots must be None or an integer >= the capacity ({self.capacity} slots), "
                               f"got {observation_slots!r}")
-        self.config.update(bypass=self.bypass, observation_slots=observation_slots)
+        self.config.update(bypass=self.bypass, observation_slots=observation_slots, scheduler=probe.scheduler,
+                           arrival_rate=arrival_rate, max_num_seqs=max_num_seqs,
+                           max_num_batched_tokens=max_num_batched_tokens, host_policy=host_policy)
+        self.max_num_seqs = int(max_num_seqs)
         self.layout = ObservationLayout(self.capacity, self.num_experts, with_scores=agent_prefetches,
-                                        rows=observation_slots)
+                                        rows=observation_slots, with_serving=probe.scheduler == "continuous")
         self.rows = self.layout.rows
         self.observation_space = spaces.Box(0.0, 1.0, (self.layout.size,), np.float32)
         E = self.num_experts
@@ -306,6 +320,8 @@ class SpecMDCacheEnv(gym.Env):
         self._obs, self._mask, self._act, self._orc = obs, mask, act, orc
         orc[_core.X_ROWS] = self.rows
         orc[_core.X_BYPASS] = int(self.bypass)
+        orc[_core.X_SERVING] = self.layout.serving_start if self.layout.with_serving else -1
+        orc[_core.X_MAX_SEQS] = self.max_num_seqs
         if tab is not None:
             tab[:] = self._tab
             self._tab = tab

@@ -4,8 +4,9 @@ Layout (``ObservationLayout``): ``rows + 1`` item rows of ``N_SLOT_FEATURES`` fe
 row r's features are ``obs[r * F:(r + 1) * F]``) -- one per cache slot (``rows`` = the capacity, or
 more when the environment pads its observation to serve several capacities with one network: the
 extra rows are always empty), then one for the *incoming* expert (the one that needs room; choosing
-its row means *bypass*: do not cache it) -- then ``N_GLOBAL_FEATURES`` global features, then (prefetch
-and joint modes only) the next layer's ``E`` speculative scores. Every value lies in [0, 1]. The table
+its row means *bypass*: do not cache it) -- then ``N_GLOBAL_FEATURES`` global features, then (under
+continuous batching only) the ``SERVING_FEATURES``, then (prefetch and joint modes only) the next layer's
+``E`` speculative scores. Every value lies in [0, 1]. The table
 of meanings is in :class:`specmd_env.envs.cache_env.SpecMDCacheEnv` and docs/ENVIRONMENT.md.
 
 Ages are exact *ranks* (the slot's position in the kernel's own use / touch / insertion order among
@@ -41,6 +42,8 @@ GLOBAL_FEATURES = ("layer", "decode", "request_progress", "copy_backlog", "pendi
  S_REUSE_SHORT, S_REUSE_LONG) = range(len(SLOT_FEATURES))
 (G_LAYER, G_DECODE, G_PROGRESS, G_BACKLOG, G_DEMAND, G_PREFETCH, G_CHOICE, G_PENDING_LAYER, G_BUDGET,
  G_OCCUPANCY, G_CANDIDATES) = range(len(GLOBAL_FEATURES))
+# the server's load, under continuous batching: running / max_num_seqs, and waiting w as w / (w + max_num_seqs)
+SERVING_FEATURES = ("running_sequences", "queue_length")
 N_SLOT_FEATURES = len(SLOT_FEATURES)
 N_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
 COUNT_SCALE = 16.0        # use_count = count / (count + COUNT_SCALE): monotone, distinct in float32 below ~16,000
@@ -55,17 +58,20 @@ class ObservationLayout:
     capacity; more pads the observation with empty rows, so that one network serves capacities up
     to ``rows``). The incoming row follows the slot rows: action ``rows`` is *bypass*."""
 
-    def __init__(self, capacity: int, num_experts: int, with_scores: bool, rows: int | None = None):
+    def __init__(self, capacity: int, num_experts: int, with_scores: bool, rows: int | None = None,
+                 with_serving: bool = False):
         self.capacity = int(capacity)
         self.num_experts = int(num_experts)
         self.with_scores = bool(with_scores)
+        self.with_serving = bool(with_serving)
         self.rows = self.capacity if rows is None else int(rows)
         if self.rows < self.capacity:
             raise ValueError(f"rows ({self.rows}) must be at least the capacity ({self.capacity})")
         self.bypass_action = self.rows
         self.slot_size = (self.rows + 1) * N_SLOT_FEATURES
         self.global_start = self.slot_size
-        self.scores_start = self.global_start + N_GLOBAL_FEATURES
+        self.serving_start = self.global_start + N_GLOBAL_FEATURES
+        self.scores_start = self.serving_start + (len(SERVING_FEATURES) if with_serving else 0)
         self.size = self.scores_start + (self.num_experts if with_scores else 0)
 
     def items(self, obs: np.ndarray) -> np.ndarray:
@@ -81,7 +87,11 @@ class ObservationLayout:
         return self.items(obs)[..., self.rows, :]
 
     def globals(self, obs: np.ndarray) -> np.ndarray:
-        return obs[..., self.global_start:self.scores_start]
+        return obs[..., self.global_start:self.serving_start]
+
+    def serving(self, obs: np.ndarray) -> np.ndarray | None:
+        """The server's load (continuous batching), else None."""
+        return obs[..., self.serving_start:self.scores_start] if self.with_serving else None
 
     def scores(self, obs: np.ndarray) -> np.ndarray | None:
         """The next layer's speculative scores (prefetch and joint modes), else None."""
@@ -92,6 +102,8 @@ class ObservationLayout:
         out = [f"slot{s}.{f}" for s in range(self.rows) for f in SLOT_FEATURES]
         out += [f"incoming.{f}" for f in SLOT_FEATURES]
         out += [f"global.{g}" for g in GLOBAL_FEATURES]
+        if self.with_serving:
+            out += [f"serving.{f}" for f in SERVING_FEATURES]
         if self.with_scores:
             out += [f"score.{x}" for x in range(self.num_experts)]
         return out

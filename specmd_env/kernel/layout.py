@@ -66,9 +66,11 @@ N_CHUNK_ARGS = A_OBS  # the state arenas and the chunk: what a plain replay bind
  F_CASCADE_LOW, F_SSD_READ, N_CFG_F) = range(11)
 
 # -- ist: integer state ---------------------------------------------------------------------------------------------
+# I_RUNNING, I_WAITING: under continuous batching, the step's running sequences and the requests arrived
+# and not yet admitted (written when a step is composed; 0 under the static schedule)
 (I_EVENT, I_PHASE, I_INDEX, I_TICK, I_PASS, I_PASS_TICK, I_RNG, I_PENDING, I_PENDING_OBJ, I_ACTION, I_NMISS,
  I_BUDGET, I_PF_COUNT, I_PF_READY, I_POSITION, I_QUEUED, I_LOGGED, I_BITS, I_HOST_COUNT, I_HOST_HEAD,
- I_HOST_TAIL, N_IST) = range(22)
+ I_HOST_TAIL, I_RUNNING, I_WAITING, N_IST) = range(24)
 # -- fst: float state -------------------------------------------------------------------------------------------------
 # S_NEED: when the pending demand load's copy may be issued (its victim is chosen at S_DECISION)
 S_COMPUTE, S_COPY_FREE, S_ROUTER, S_DECISION, S_CPU_FREE, S_SSD_FREE, S_NEED, N_FST = range(8)
