@@ -1,6 +1,6 @@
 """Throughput of the replay: built-in LRU, a user's policy, libCacheSim's LRU, and the Python slow path.
 
-    python experiments/bench_replay.py [--requests-per-domain 16] [--decode-len 1000] [--capacity 0.25]
+    python -m experiments.bench_replay [--requests-per-domain 16] [--decode-len 1000] [--capacity 0.25]
 
 On the same >= 10M-access OLMoE stream, demand only (``mode="per-access"``, ``prefetch="none"``), each
 timed as load_trace (memory-mapped) + ``Replay(...)`` (pass planning) + ``run()`` (schedule building,

@@ -43,11 +43,20 @@ def test_policy_agent_replays_simulate(policy):
             assert info["metrics"][key] == value, key
 
 
-def test_bypass_is_refused_with_a_warning():
-    env = gym.make("SpecMD-OLMoE-v0", split="test", oracle_info=True)
-    agent = load_agent("belady-bypass", env)
-    assert agent.is_oracle
-    with pytest.warns(RuntimeWarning, match="cannot express"):
+def test_a_bypassing_policy_answers_the_bypass_action():
+    policy = "expected-next-use:bypass=yes,half_life=4"
+    env = gym.make("SpecMD-OLMoE-v0", split="test")
+    agent = load_agent(policy, env)
+    info = episode(env, agent, [4])
+    ref = simulate("olmoe-synthetic", eviction=policy, prefetch="score", requests=[4])
+    assert ref.bypassed > 0 and info["metrics"]["bypassed"] == ref.bypassed and agent.bypasses_refused == 0
+    assert info["metrics"]["collision_misses"] == ref.collision_misses
+
+
+def test_bypass_is_refused_with_a_warning_where_the_env_masks_it():
+    env = gym.make("SpecMD-OLMoE-v0", split="test", bypass=False)
+    agent = load_agent("expected-next-use:bypass=yes,half_life=4", env)
+    with pytest.warns(RuntimeWarning, match="does not allow"):
         info = episode(env, agent, [4])
     assert agent.bypasses_refused > 0 and info["episode_invalid_actions"] == 0
 

@@ -8,9 +8,9 @@ does on the same requests. A compiled policy keeps state fed by the replay's eve
 delivers events only to its own policy -- the environment's ``fixed_eviction`` -- so the agent makes its
 policy the fixed eviction of the environment it is made for (from that environment's next reset).
 
-The environment's action is a slot (``Discrete(capacity)``): it cannot say "do not cache". When the
-policy bypasses (answers -1), the agent answers the least recently used candidate instead and warns
-once; its metrics then differ from ``simulate()``'s, which can bypass.
+When the policy bypasses (answers -1), the agent answers the environment's bypass action (the
+incoming row). An environment made with ``bypass=False`` masks that action out: the agent then answers
+the least recently used candidate instead and warns once; its metrics then differ from ``simulate()``'s.
 """
 
 from __future__ import annotations
@@ -75,12 +75,12 @@ class CompiledPolicyAgent(Agent):
         else:
             slot = int(self.policy.victim(replay.view()))
         if slot == -1:
-            slot = self._least_recent(replay)
+            slot = self.env.layout.bypass_action if self.env.bypass else self._least_recent(replay)
         return slot
 
     def _least_recent(self, replay) -> int:
         if not self.bypasses_refused:
-            warnings.warn(f"policy {self.name!r} bypassed the cache, which the env's action space cannot express: "
+            warnings.warn(f"policy {self.name!r} bypassed the cache, which this env (bypass=False) does not allow: "
                           "answered with the least recently used candidate (metrics differ from simulate())",
                           RuntimeWarning, stacklevel=3)
         self.bypasses_refused += 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -207,7 +206,8 @@ def _cell(rec, metric, kind) -> str:
 TABLE_COLUMNS = [("normalised", "score (Random=0, Belady=1)", "norm"), ("reward", "reward", "reward"),
                  ("hit_rate", "hit rate", "rate"), ("token_hit_rate", "token hit rate", "rate"),
                  ("collision_misses", "collision misses", "count"), ("stall_seconds", "stall (s)", "seconds"),
-                 ("mean_ttft_seconds", "TTFT (s)", "seconds"), ("mean_tpot_seconds", "TPOT (ms)", "ms"),
+                 ("mean_ttft_seconds", "TTFT (s)", "seconds"), ("p99_ttft_seconds", "p99 TTFT (s)", "seconds"),
+                 ("mean_tpot_seconds", "TPOT (ms)", "ms"), ("p99_tpot_seconds", "p99 TPOT (ms)", "ms"),
                  ("degraded_mass_fraction", "degraded gate mass", "rate")]
 
 
@@ -272,6 +272,9 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
         "and Random's draws -- within each cell). Reward, collision misses and stall are totals per replay, "
         "so traces of different sizes weigh differently in those columns; the score is scale-free. "
         "Hit rate is per layer event; token hit rate per token access (see `specmd_env/result.py`). "
+        "*p99 TTFT / TPOT*: the 99th percentile over a replay's requests (one at a time, no arrivals: the "
+        "tail comes from long prompts and unlucky passes, not from queueing; latency under load is "
+        "experiments/results/load_sweep.md). "
         "Policies marked (oracle) read the future.",
         "",
         markdown_table(summary),
@@ -334,9 +337,7 @@ def sweep(args, log=print) -> tuple[pd.DataFrame, list[str]]:
             messages.append(message)
             log(message)
         hardware = None if args.learned_hardware is None else tuple(args.learned_hardware)
-        derived = agent_specs(specs, args.trained_dir, log=note, hardware=hardware)
-        # an agent's own runs are not a preset's, whichever row they were derived from
-        specs += list({s.run_id: s for s in (replace(s, preset="") if s.agent else s for s in derived)}.values())
+        specs += agent_specs(specs, args.trained_dir, log=note, hardware=hardware, prefetches=args.prefetches)
         notes += [m.removeprefix("leaderboard: ") for m in messages]
     out = Path(args.out)
     failed: list[str] = []

@@ -78,9 +78,10 @@ def trained_traces(meta: dict) -> set[str]:
     return names
 
 
-def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, hardware=None) -> list:
+def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, hardware=None, prefetches=None) -> list:
     """RunSpecs for every learned agent on every cell of the handcrafted grid ``base_specs`` (its
-    hardware profiles limited to ``hardware`` when given), replaying each seed's held-out requests,
+    hardware profiles limited to ``hardware``, its prefetchers to ``prefetches`` when given; presets,
+    which bring their own eviction, are not paired with agents), replaying each seed's held-out requests,
     with every handcrafted policy and oracle rerun on the same requests. Prints why nothing is added
     when nothing is."""
     paths = discover(trained_dir)
@@ -101,7 +102,8 @@ def agent_specs(base_specs, trained_dir: Path | None = None, log=print, *, hardw
         name = meta.get("name", path.stem)
         added, cells, keyed = 0, set(), set()
         for base in base_specs:
-            if base.agent or (hardware is not None and base.hardware not in hardware):
+            if base.agent or base.preset or (hardware is not None and base.hardware not in hardware) \
+                    or (prefetches is not None and base.prefetch not in prefetches):
                 continue
             if base.trace_ref not in held:
                 held[base.trace_ref] = held_out_requests(base)

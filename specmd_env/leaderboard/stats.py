@@ -90,7 +90,8 @@ def mean_ci(df: pd.DataFrame, column: str, *, seed: int = 0) -> tuple[float, flo
 
 
 SUMMARY_METRICS = ("normalised", "reward", "hit_rate", "token_hit_rate", "collision_misses", "stall_seconds",
-                   "mean_ttft_seconds", "mean_tpot_seconds", "degraded_mass_fraction")
+                   "mean_ttft_seconds", "mean_tpot_seconds", "p99_ttft_seconds", "p99_tpot_seconds",
+                   "degraded_mass_fraction")
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:

@@ -60,7 +60,8 @@ METRIC_COLUMNS = ("reward", "hit_rate", "token_hit_rate", "collision_misses", "s
                   "misses", "compulsory_misses", "capacity_misses", "late_prefetch_misses", "prefetches_issued",
                   "prefetches_used", "prefetches_wasted", "prefetches_skipped", "transfers", "bypassed",
                   "dropped_experts", "evictions", "token_accesses", "total_seconds", "prompt_tokens",
-                  "output_tokens", "prefetch_covered_rate", "degraded_mass_fraction")
+                  "output_tokens", "prefetch_covered_rate", "degraded_mass_fraction", "p50_ttft_seconds",
+                  "p99_ttft_seconds", "p50_tpot_seconds", "p99_tpot_seconds")
 COLUMNS = SETTING_COLUMNS + METRIC_COLUMNS
 INT_COLUMNS = frozenset({"seed", "capacity_slots", "requests", "accesses", "hits", "misses", "compulsory_misses",
                          "capacity_misses", "collision_misses", "late_prefetch_misses", "prefetches_issued",
@@ -69,7 +70,8 @@ INT_COLUMNS = frozenset({"seed", "capacity_slots", "requests", "accesses", "hits
                          "oracle"})
 FLOAT_COLUMNS = frozenset({"capacity", "sample_frac", "reward", "hit_rate", "token_hit_rate", "stall_seconds",
                            "mean_ttft_seconds", "mean_tpot_seconds", "total_seconds", "prefetch_covered_rate",
-                           "degraded_mass_fraction"})
+                           "degraded_mass_fraction", "p50_ttft_seconds", "p99_ttft_seconds", "p50_tpot_seconds",
+                           "p99_tpot_seconds"})
 
 
 @dataclass(frozen=True)
