@@ -232,6 +232,9 @@ def pivot_markdown(table: pd.DataFrame, label: str, fmt=lambda c: str(c)) -> str
     return "\n".join(lines)
 
 
+PAPER_CELL = ("olmoe-synthetic", 0.05, "paper-a100-5gbps")  # SpecMD's setting, shown on its own
+
+
 def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agent_df=None, agent_summary=None) -> str:
     order = list(summary["policy"])
     n_cells = df.groupby(stats.STRATUM).ngroups
@@ -258,7 +261,8 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
         "cells a row ran in -- a preset impossible in a cell is left out there (see Notes), so its means cover "
         "fewer cells. *degraded gate mass*: the share of gate mass dropped, substituted or served in low "
         "precision (presets with a lossy miss handler or adaptive gating; such rows are marked **(lossy)**); "
-        "the reward does not charge it, so a lossy row's score is not comparable with the others'.",
+        "the reward does not charge it, so a lossy row's score is not comparable with the others': lossy rows "
+        "rank after every lossless row.",
         "",
         "**Score** = (R - R_random) / (R_belady - R_random), per (trace, capacity, hardware, seed), where R is "
         "`RewardWeights().score(result)` (reward = -(1 x collision misses + 100 x stall seconds); higher is "
@@ -296,6 +300,12 @@ def render(df: pd.DataFrame, summary: pd.DataFrame, args, notes: list[str], agen
         f"`{CSV_NAME}` (one row per run; `run_id` hashes every setting), `hit_rate_vs_capacity.png`, "
         "`collisions_least_stale_vs_lru.png`, `ttft_by_hardware.png`.",
     ]
+    paper = df[(df["trace"] == PAPER_CELL[0]) & (df["capacity"] == PAPER_CELL[1]) & (df["hardware"] == PAPER_CELL[2])]
+    if len(paper):
+        section = [f"## The paper's cell: {PAPER_CELL[0]}, capacity {PAPER_CELL[1]:g}, {PAPER_CELL[2]} (top 20)", "",
+                   "SpecMD's own setting (5% of OLMoE's routed experts = 51 slots, transfers at 5 GB/s), every "
+                   "request sample as above.", "", markdown_table(stats.summarise(paper), limit=20), ""]
+        parts[parts.index("## Score by capacity"):parts.index("## Score by capacity")] = section
     if agent_summary:
         section = [
             "## Learned agents",
