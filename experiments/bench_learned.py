@@ -13,6 +13,7 @@ which is how learned agents ran before they were compiled.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -86,8 +87,10 @@ def main(argv=None) -> int:
                      f"{weights.flops} multiply-adds/row", rate, n))
         zip_path = path.with_suffix(".zip")
         if args.torch_steps and zip_path.is_file():
+            trained = json.loads(path.with_suffix(".json").read_text()).get("env_kwargs") or {}
             env_kwargs = dict(trace=args.trace, capacity=args.capacity, hardware=args.hardware,
-                              fixed_prefetch=args.prefetch, split=args.split, requests_per_episode=None)
+                              fixed_prefetch=args.prefetch, split=args.split, requests_per_episode=None,
+                              observation_slots=trained.get("observation_slots"))  # the shape it was trained on
             rows.append((f"learned:{path.stem}", "torch (SB3 predict per decision, through the env)",
                          torch_rate(zip_path, env_kwargs, args.torch_steps), args.torch_steps))
     width = max(len(r[0]) for r in rows)
