@@ -3,7 +3,8 @@ loading a large trace does not read it whole.
 
 The trace is written uncompressed (memory-mappable) with the generator's chunked ``write_trace``,
 *without* speculative scores (with them the file would be ~2 GB: 1M tokens x 15 layers x 64 experts
-x float16). Each measurement runs in a fresh subprocess and reports ``ru_maxrss``:
+x float16). Each measurement runs in a fresh subprocess and reports its peak resident set (``VmHWM`` of
+its own image; ``ru_maxrss`` would also count the parent's pages, which the child shares until it execs):
 
 1. right after ``load_trace`` (arrays are memory maps: RSS stays small);
 2. LRU + no prefetch replay (event mode, full timing model);
@@ -23,11 +24,14 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t = time.perf_counter()
 from specmd_env import load_trace, simulate
 path, what = sys.argv[1], sys.argv[2]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():
+    status = open("/proc/self/status").read()
+    return int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
+base = peak_kib()
 trace = load_trace(path)
 out = {"tokens": trace.num_tokens, "import_rss_mb": base / 1024}
 if what == "load":
@@ -37,7 +41,7 @@ else:
     r = simulate(trace, capacity=0.05, **kw)
     out.update(accesses=r.accesses, hit_rate=round(r.hit_rate, 4), prefetches=r.prefetches_issued)
 out["seconds"] = round(time.perf_counter() - t, 1)
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_rss_mb"] = peak_kib() / 1024
 print(json.dumps(out))
 """
 
