@@ -296,7 +296,7 @@ class Replay:
                               (cfg[K.C_PF_EVENT_MASK], cfg[K.C_PF_EVENT_FN], self.prefetch_label)):
             if mask and not fn:
                 raise SpecMDError(f"{who!r} asks for events but has no compiled on_events hook")
-        cfg[K.C_ORDERS] = self.observe or (self.policy is not None and self.policy.needs_orders)
+        cfg[K.C_ORDERS] = K.KEEP_ALL if self.observe else (self.policy.order_mask if self.policy is not None else 0)
         cfg[K.C_NEXT_USE] = self.needs_next_use
         cfg[K.C_SHIFT] = int(np.log2(E)) if E & (E - 1) == 0 else -1
         # concurrent copies share the host link: each of N engines moves at 1/N of its bandwidth (the

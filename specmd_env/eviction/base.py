@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from specmd_env.errors import SpecMDError
-from specmd_env.kernel.layout import EVENT_NAMES
+from specmd_env.kernel.layout import EVENT_NAMES, KEEP_ALL, ORDER_BITS
 
 
 def no_state(capacity: int, num_layers: int, num_experts: int, num_scopes: int) -> tuple[int, int]:
@@ -37,7 +37,8 @@ class EvictionPolicy:
     params: dict = field(default_factory=dict)       # defaults; every allowed key must be here
     choices: dict = field(default_factory=dict)      # allowed values, for parameters that have a fixed set
     is_oracle: bool = False                          # reads the future (next use); always labelled so
-    needs_orders: bool = False                       # reads the kernel's own slot orders (policy.oldest)
+    needs_orders: bool | tuple[str, ...] = False     # reads the kernel's own slot orders (policy.oldest): True
+                                                     # for all three, or those named ("use", "touch", "insert")
     requires_prefetcher: str | None = None           # reads this prefetcher's state (its name)
     needs_spec_scores: bool = False                  # reads the trace's speculative scores (policy.spec_score)
     source: str = ""                                 # where the rule comes from
@@ -46,6 +47,9 @@ class EvictionPolicy:
     def __post_init__(self):
         if self.defaults is None:
             object.__setattr__(self, "defaults", dict(self.params))
+        if self.needs_orders not in (True, False) and not set(self.needs_orders) <= set(ORDER_BITS):
+            raise SpecMDError(f"policy {self.name!r}: needs_orders names {sorted(set(self.needs_orders) - set(ORDER_BITS))}; "
+                              f"the kernel's orders are {sorted(ORDER_BITS)} (or True for all)")
         kinds = self.event_kinds
         unknown = set(kinds) - set(EVENT_NAMES)
         if unknown:
@@ -64,6 +68,13 @@ class EvictionPolicy:
     @property
     def event_kinds(self) -> tuple[str, ...]:
         return tuple(self.events(self.params) if callable(self.events) else self.events)
+
+    @property
+    def order_mask(self) -> int:
+        """The kernel orders to keep for this policy (layout.KEEP_* bits)."""
+        if self.needs_orders is True:
+            return KEEP_ALL
+        return sum(ORDER_BITS[name] for name in set(self.needs_orders or ()))
 
     @property
     def event_mask(self) -> int:

@@ -9,4 +9,4 @@ def victim(tab, lo, hi):
     return sp.oldest(sp.cache_view(tab), sp.BY_INSERT)
 
 
-FIFO = EvictionPolicy("fifo", "first in, first out", victim, needs_orders=True, source="textbook FIFO")
+FIFO = EvictionPolicy("fifo", "first in, first out", victim, needs_orders=("insert",), source="textbook FIFO")

@@ -40,5 +40,5 @@ def _setup(state_i, state_f, params):
 
 LEAST_STALE = EvictionPolicy(
     "least-stale", "stale before current, oldest first", victim, state=lambda *_: (1, 0), setup=_setup,
-    params={"order": "touch"}, choices={"order": ("touch", "insert")}, needs_orders=True,
+    params={"order": "touch"}, choices={"order": ("touch", "insert")}, needs_orders=("touch", "insert"),
     source="SpecMD (Hoang et al., ICML 2026), Least-Stale; no code released: reconstructed")

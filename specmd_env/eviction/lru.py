@@ -60,4 +60,4 @@ LRU = EvictionPolicy(
     "lru", "least recently used", victim, on_events,
     lambda p: ("init", "hit", "load", "prefetch", "evict") if p["prefetch_at"] == "mru-end" else (),
     state=_state, setup=_setup, params={"prefetch_at": "lru-end"}, choices={"prefetch_at": ("lru-end", "mru-end")},
-    needs_orders=True, source="textbook LRU; where prefetches enter: docs/POLICIES.md")
+    needs_orders=("use",), source="textbook LRU; where prefetches enter: docs/POLICIES.md")

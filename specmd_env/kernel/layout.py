@@ -87,6 +87,10 @@ OB_SLOT, OB_SEEN, OB_EVICT_PASS, OB_CURSOR, OB_USES, OB_LAST_USE, OB_HOST, OB_HO
 # -- lists rows: per scope, head and tail of the kernel's three slot orders (kept when cfg_i[C_ORDERS]) ------------
 L_USE_HEAD, L_USE_TAIL, L_TOUCH_HEAD, L_TOUCH_TAIL, L_INS_HEAD, L_INS_TAIL, N_LISTS = range(7)
 ORDER_USE, ORDER_TOUCH, ORDER_INSERT = L_USE_HEAD, L_TOUCH_HEAD, L_INS_HEAD
+# cfg_i[C_ORDERS]: which orders the kernel keeps (a bit each; a policy pays only for the orders it reads)
+KEEP_USE, KEEP_TOUCH, KEEP_INSERT = 1, 2, 4
+KEEP_ALL = KEEP_USE | KEEP_TOUCH | KEEP_INSERT
+ORDER_BITS = {"use": KEEP_USE, "touch": KEEP_TOUCH, "insert": KEEP_INSERT}
 # -- scope rows: per scope, its slot range [lo, hi) ----------------------------------------------------------------------
 SC_LO, SC_HI, N_SCOPE = range(3)
 

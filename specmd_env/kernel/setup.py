@@ -13,7 +13,7 @@ from specmd_env.kernel.state import unpack
 @njit(cache=True)
 def _start(tab):
     k = unpack(tab)
-    if k.cfg_i[C_ORDERS] == 1:
+    if k.cfg_i[C_ORDERS] != 0:
         init_orders(k.cfg_i, k.slot_i, k.lists, k.scope)
     policy_event(k.cfg_i, k.ist, k.log, tab, EV_INIT, -1, 0)
     deliver_events(k.cfg_i, k.ist, tab)

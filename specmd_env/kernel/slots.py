@@ -21,7 +21,8 @@ from numba import njit
 
 from specmd_env.kernel.hooks import policy_event
 from specmd_env.kernel.layout import (
-    C_EXPERTS, C_NSCOPES, C_ORDERS, C_PER_ACCESS, C_SHIFT, EV_EVICT, EV_HINT, EV_PREFETCH, INF,
+    C_EXPERTS, C_NSCOPES, C_ORDERS, C_PER_ACCESS, C_SHIFT, EV_EVICT, EV_HINT, EV_PREFETCH, INF, KEEP_INSERT, KEEP_TOUCH,
+    KEEP_USE,
     I_PASS, I_RNG, I_TICK, L_INS_HEAD, L_TOUCH_HEAD, L_USE_HEAD, M_CAPACITY, M_COLLISION, M_COMPULSORY,
     M_EVICTIONS, M_MISSES, M_PF_WASTED, OB_EVICT_PASS, OB_LAST_USE, OB_SEEN, OB_SLOT, OB_USES, SC_HI, SC_LO,
     SL_BITS, SL_COUNT, SL_EXPERT, SL_FREE_AT, SL_INSERT, SL_INS_NEXT, SL_INS_PREV, SL_LAYER, SL_OBJ,
@@ -195,7 +196,7 @@ def touch(cfg_i, ist, slot_i, lists, log, tab, s):
     """A touch without a use: a prefetch hint for a resident expert."""
     slot_i[SL_TOUCH, s] = next_tick(ist)
     slot_i[SL_TOUCH_PASS, s] = ist[I_PASS]
-    if cfg_i[C_ORDERS] == 1:
+    if cfg_i[C_ORDERS] & KEEP_TOUCH:
         _to_tail(slot_i, lists, SL_TOUCH_PREV, SL_TOUCH_NEXT, L_TOUCH_HEAD, scope_of_layer(cfg_i, slot_i[SL_LAYER, s]), s)
     policy_event(cfg_i, ist, log, tab, EV_HINT, s, slot_i[SL_OBJ, s])
 
@@ -209,10 +210,13 @@ def use(cfg_i, ist, slot_i, obj_i, lists, log, tab, s, kind):
     slot_i[SL_USE, s] = tick
     slot_i[SL_TOUCH_PASS, s] = ist[I_PASS]
     slot_i[SL_COUNT, s] += 1
-    if cfg_i[C_ORDERS] == 1:
+    orders = cfg_i[C_ORDERS]
+    if orders:
         sc = scope_of_layer(cfg_i, slot_i[SL_LAYER, s])
-        _to_tail(slot_i, lists, SL_TOUCH_PREV, SL_TOUCH_NEXT, L_TOUCH_HEAD, sc, s)
-        _to_tail(slot_i, lists, SL_USE_PREV, SL_USE_NEXT, L_USE_HEAD, sc, s)
+        if orders & KEEP_TOUCH:
+            _to_tail(slot_i, lists, SL_TOUCH_PREV, SL_TOUCH_NEXT, L_TOUCH_HEAD, sc, s)
+        if orders & KEEP_USE:
+            _to_tail(slot_i, lists, SL_USE_PREV, SL_USE_NEXT, L_USE_HEAD, sc, s)
     policy_event(cfg_i, ist, log, tab, kind, s, obj)
 
 
@@ -230,16 +234,17 @@ def insert(cfg_i, ist, slot_i, obj_i, lists, log, tab, s, obj, prefetched, bits)
     slot_i[SL_BITS, s] = bits
     slot_i[SL_INSERT, s] = next_tick(ist)
     obj_i[OB_SLOT, obj] = s
-    orders = cfg_i[C_ORDERS] == 1
+    orders = cfg_i[C_ORDERS]
     sc = scope_of_layer(cfg_i, layer)
-    if orders:
+    if orders & KEEP_INSERT:
         _to_tail(slot_i, lists, SL_INS_PREV, SL_INS_NEXT, L_INS_HEAD, sc, s)
     if prefetched == 1:
         slot_i[SL_TOUCH, s] = next_tick(ist)
         slot_i[SL_TOUCH_PASS, s] = ist[I_PASS]
         slot_i[SL_USE, s] = 0
-        if orders:
+        if orders & KEEP_TOUCH:
             _to_tail(slot_i, lists, SL_TOUCH_PREV, SL_TOUCH_NEXT, L_TOUCH_HEAD, sc, s)
+        if orders & KEEP_USE:
             _to_head(slot_i, lists, SL_USE_PREV, SL_USE_NEXT, L_USE_HEAD, sc, s)
         policy_event(cfg_i, ist, log, tab, EV_PREFETCH, s, obj)
 
