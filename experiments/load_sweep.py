@@ -22,7 +22,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from specmd_env import load_trace, simulate  # noqa: E402
@@ -88,7 +87,6 @@ def main(argv=None) -> int:
     fig.tight_layout()
     fig.savefig(args.out / "load_sweep.png", dpi=120)
 
-    fmt = lambda x: f"{x:.3f}"  # noqa: E731
     with open(args.out / "load_sweep.md", "w") as out:
         out.write(f"# Load sweep\n\n```bash\npython experiments/load_sweep.py --out {args.out} --hardware {args.hardware} "
                   f"--capacity {args.capacity:g}\n```\n\n")
