@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from specmd_env.errors import SpecMDError
 from specmd_env.kernel.layout import EVENT_NAMES
 
 
@@ -52,3 +53,10 @@ class Prefetcher:
     @property
     def event_mask(self) -> int:
         return sum(1 << EVENT_NAMES.index(kind) for kind in self.events)
+
+
+def check_window(window) -> int:
+    """A prefetcher's ``window`` (layers looked ahead, nearer first): an integer >= 1."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise SpecMDError(f"prefetch window must be an integer >= 1 (layers looked ahead), got {window!r}")
+    return window

@@ -9,7 +9,7 @@ layers first (the paper looked one layer ahead; scores beyond l + 1 are optimist
 
 from specmd_env import policy as sp
 from specmd_env.errors import SpecMDError
-from specmd_env.prefetch.base import Prefetcher
+from specmd_env.prefetch.base import Prefetcher, check_window
 
 MASS = 0                # state_f[0]
 MAX_COUNT, WINDOW = 0, 1  # state_i
@@ -40,9 +40,7 @@ class ScorePrefetch(Prefetcher):
             raise SpecMDError(f"prefetch mass must be in (0, 1], got {mass!r}")
         if max_count is not None and max_count < 1:
             raise SpecMDError(f"prefetch max_count must be >= 1, got {max_count!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise SpecMDError(f"prefetch window must be an integer >= 1 (layers looked ahead), got {window!r}")
-        self.mass, self.max_count, self.window = float(mass), max_count, window
+        self.mass, self.max_count, self.window = float(mass), max_count, check_window(window)
         self.propose = propose
         if window != 1:
             self.name = f"score:window={window}"

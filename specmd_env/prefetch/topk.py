@@ -5,7 +5,7 @@ l + lookahead .. l + lookahead + w - 1, nearer layers first."""
 import numpy as np
 
 from specmd_env import policy as sp
-from specmd_env.prefetch.base import Prefetcher
+from specmd_env.prefetch.base import Prefetcher, check_window
 
 K, WINDOW = 0, 1  # state_i
 
@@ -27,10 +27,7 @@ class TopKPrefetch(Prefetcher):
     needs_spec_scores = True
 
     def __init__(self, k: int, window: int = 1):
-        from specmd_env.errors import SpecMDError
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise SpecMDError(f"prefetch window must be an integer >= 1 (layers looked ahead), got {window!r}")
-        self.k, self.window = int(k), window
+        self.k, self.window = int(k), check_window(window)
         self.name = f"top{self.k}" + (f":window={window}" if window != 1 else "")
         self.propose = propose
 
