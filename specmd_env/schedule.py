@@ -187,6 +187,23 @@ class Chunk:
         return dense.reshape(self.num_passes, self.num_layers, self.num_experts)
 
 
+@njit(cache=True, inline="always")
+def add_routing(x, obj, w, e, n, stamp, where, ev_obj, ev_count, ev_mass):
+    """One token's route to expert ``x`` (object ``obj``, gate weight ``w``) in layer event ``e``: a new
+    entry of the event (its first token) or one more token and its weight on the entry. Returns the
+    entry count. ``stamp`` / ``where`` [E]: the event that last saw each expert, and its entry."""
+    if stamp[x] != e:
+        stamp[x] = e
+        where[x] = n
+        ev_obj[n] = obj
+        ev_count[n] = 1
+        ev_mass[n] = w
+        return n + 1
+    ev_count[where[x]] += 1
+    ev_mass[where[x]] += w
+    return n
+
+
 @njit(cache=True)
 def _layer_events(ids, gates, ntok, num_experts):
     """Union of each pass's experts per layer, in order of first appearance (token, then rank), with
@@ -213,16 +230,7 @@ def _layer_events(ids, gates, ntok, num_experts):
                     if x < 0:  # dropped by adaptive gating
                         continue
                     w = np.float32(1.0 / top_k) if uniform else gates[t, layer, r]
-                    if stamp[x] != e:
-                        stamp[x] = e
-                        where[x] = n
-                        ev_obj[n] = layer * num_experts + x
-                        ev_count[n] = 1
-                        ev_mass[n] = w
-                        n += 1
-                    else:
-                        ev_count[where[x]] += 1
-                        ev_mass[where[x]] += w
+                    n = add_routing(x, layer * num_experts + x, w, e, n, stamp, where, ev_obj, ev_count, ev_mass)
             ev_ptr[e + 1] = n
         t0 += ntok[p]
     return ev_ptr, ev_obj[:n].copy(), ev_count[:n].copy(), ev_mass[:n].copy()

@@ -29,6 +29,7 @@ from specmd_env.errors import SpecMDError
 from specmd_env.kernel import layout as K
 from specmd_env.kernel.loop import advance
 from specmd_env.kernel.native import array_at
+from specmd_env.schedule import add_routing
 
 # per request, int rows
 RQ_OFFSET, RQ_PROMPT, RQ_OUTPUT, RQ_PREFILLED, RQ_DECODED, RQ_STATE, N_RQ_I = range(7)
@@ -161,16 +162,7 @@ def build_step(tab, sc_i, sc_f, rq_i, rq_f, gaps, running, emits, rows, position
             for rank in range(k):
                 x = ids[row, layer, rank]
                 w = gates[row, layer, rank] if sc_i[SC_HAS_GATES] == 1 else 1.0 / k
-                if stamp[x] != step * L + layer:
-                    stamp[x] = step * L + layer
-                    where[x] = n
-                    ev_obj[n] = layer * E + x
-                    ev_count[n] = 1
-                    mass[n] = w
-                    n += 1
-                else:
-                    ev_count[where[x]] += 1
-                    mass[where[x]] += w
+                n = add_routing(x, layer * E + x, w, step * L + layer, n, stamp, where, ev_obj, ev_count, mass)
         for j in range(ev_ptr[layer], n):
             est += max(sc_f[SF_EXPERT_PER_TOKEN] * ev_count[j], sc_f[SF_EXPERT_MIN])
         ev_ptr[layer + 1] = n
